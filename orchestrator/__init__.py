@@ -1,0 +1,1 @@
+"""Redis-driven process orchestrator for data pipelines."""

@@ -1,0 +1,288 @@
+"""The config file, ``config/workers.yaml``, as frozen dataclasses.
+
+``load_config(path)`` is the one way in: it parses YAML, applies defaults,
+converts units once (durations are seconds, as floats named ``*_s``), checks
+types and ranges, rejects unknown keys, and raises ``ConfigError`` listing
+every problem with its key path. Nothing here reads the environment at import
+time; ``ORCH_REDIS_URL`` is applied by ``load_config`` when it is called.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from orchestrator.validate import ConfigError, Problems, Section
+
+DEFAULT_CONFIG_PATH = Path("config/workers.yaml")
+REDIS_URL_ENV = "ORCH_REDIS_URL"
+EMBEDDED = "embedded"
+
+__all__ = [
+    "EMBEDDED",
+    "Backend",
+    "Config",
+    "ConfigError",
+    "LogConfig",
+    "QueueConfig",
+    "SpawnerConfig",
+    "load_config",
+    "parse_config",
+]
+
+
+class Backend(StrEnum):
+    STREAM = "stream"
+    RQ = "rq"
+
+
+class LogFormat(StrEnum):
+    PLAIN = "plain"
+    JSON = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnerConfig:
+    poll_interval_s: float = 1.0
+    status_interval_s: float = 10.0
+    max_total_workers: int = 0  # resolved: "auto" = 4 x CPU count
+    max_memory_percent: float = 90.0
+    stop_grace_s: float = 10.0
+    host: str = ""  # resolved: the machine's host name
+    heartbeat_ttl_s: float = 15.0
+    crash_window_s: float = 5.0
+    crash_backoff_max_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    format: LogFormat = LogFormat.PLAIN
+    emoji: bool = True
+    level: str = "INFO"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueConfig:
+    name: str
+    label: str
+    argv: tuple[str, ...]
+    backend: Backend = Backend.STREAM
+    stream: str = ""
+    group: str = "workers"
+    max_concurrent: int = 1
+    cooldown_s: float = 0.0
+    max_runtime_s: float = 300.0
+    jobs_per_worker: int = 1
+    idle_timeout_s: float = 5.0
+    max_attempts: int = 3
+    then: str | None = None
+    batch_size: int = 10
+    max_memory_mb: int | None = None
+    serializer: str = "json"
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def dead_stream(self) -> str:
+        return f"{self.stream}:dead"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    redis_url: str
+    spawner: SpawnerConfig
+    log: LogConfig
+    queues: Mapping[str, QueueConfig]
+    path: Path | None = None
+    root: Path = field(default_factory=Path.cwd)
+    sections: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def queue(self, name: str) -> QueueConfig:
+        try:
+            return self.queues[name]
+        except KeyError:
+            known = ", ".join(self.queues) or "none"
+            raise KeyError(f"unknown queue {name!r} (configured: {known})") from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read, validate and resolve the config file at ``path``."""
+    file = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise ConfigError([f"{file}: cannot read: {exc.strerror or exc}"]) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{file}: invalid YAML: {exc}"]) from exc
+    root = file.resolve().parent
+    if root.name == "config":
+        root = root.parent
+    return parse_config(data, path=file.resolve(), root=root, env=os.environ)
+
+
+def parse_config(
+    data: object,
+    path: Path | None = None,
+    root: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """Validate an already-parsed mapping; see ``load_config``."""
+    problems = Problems()
+    top = Section(data, "", problems)
+    env = env or {}
+    root = root or Path.cwd()
+
+    redis_section = top.child("redis")
+    redis_url = redis_section.string("url", "redis://127.0.0.1:6379/0")
+    redis_section.done()
+    redis_url = env.get(REDIS_URL_ENV) or redis_url
+
+    spawner = _parse_spawner(top.child("spawner"))
+    log = _parse_log(top.child("log"))
+    queues = _parse_queues(top.child("queues"), root)
+    sections = _parse_sections(top)
+    top.done()
+    _check_links(queues, problems)
+    problems.raise_if_any()
+    return Config(
+        redis_url=redis_url,
+        spawner=spawner,
+        log=log,
+        queues=MappingProxyType(queues),
+        path=path,
+        root=root,
+        sections=MappingProxyType(sections),
+    )
+
+
+def _parse_spawner(s: Section) -> SpawnerConfig:
+    d = SpawnerConfig()
+    max_total = s.raw("max_total_workers", "auto")
+    if max_total == "auto":
+        max_total = 4 * (os.cpu_count() or 1)
+    elif not isinstance(max_total, int) or isinstance(max_total, bool) or max_total < 1:
+        s.error("max_total_workers", f"must be 'auto' or an integer >= 1, got {max_total!r}")
+        max_total = 4 * (os.cpu_count() or 1)
+    cfg = SpawnerConfig(
+        poll_interval_s=s.number("poll_interval", d.poll_interval_s, min=0.01, max=60),
+        status_interval_s=s.number("status_interval", d.status_interval_s, min=0.1),
+        max_total_workers=max_total,
+        max_memory_percent=s.number("max_memory_percent", d.max_memory_percent, min=1, max=100),
+        stop_grace_s=s.number("stop_grace", d.stop_grace_s, min=0, max=3600),
+        host=s.string("host", "") or socket.gethostname(),
+        heartbeat_ttl_s=s.number("heartbeat_ttl", d.heartbeat_ttl_s, min=1),
+        crash_window_s=s.number("crash_window", d.crash_window_s, min=0),
+        crash_backoff_max_s=s.number("crash_backoff_max", d.crash_backoff_max_s, min=1),
+    )
+    s.done()
+    return cfg
+
+
+def _parse_log(s: Section) -> LogConfig:
+    d = LogConfig()
+    cfg = LogConfig(
+        format=LogFormat(s.string("format", d.format.value, choices=[f.value for f in LogFormat])),
+        emoji=s.boolean("emoji", d.emoji),
+        level=s.string("level", d.level, choices=["DEBUG", "INFO", "WARNING", "ERROR"]),
+    )
+    s.done()
+    return cfg
+
+
+def _parse_queues(s: Section, root: Path) -> dict[str, QueueConfig]:
+    queues: dict[str, QueueConfig] = {}
+    if not s.data:
+        s.problems.add(s.path, "at least one queue must be configured")
+    for name, _ in list(s.items()):
+        queue = _parse_queue(name, s.child(name), root)
+        if queue is not None:
+            queues[name] = queue
+    return queues
+
+
+def _parse_queue(name: str, s: Section, root: Path) -> QueueConfig | None:
+    d = QueueConfig(name=name, label=name, argv=())
+    argv = _parse_program(s, root)
+    backend = Backend(s.string("backend", d.backend.value, choices=[b.value for b in Backend]))
+    env = s.raw("env", {})
+    if not isinstance(env, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        s.error("env", "must be a mapping of strings to strings")
+        env = {}
+    cfg = QueueConfig(
+        name=name,
+        label=s.string("label", name.split("_")[0].upper()),
+        argv=argv,
+        backend=backend,
+        stream=s.string("stream", name),
+        group=s.string("group", d.group),
+        max_concurrent=s.integer("max_concurrent", d.max_concurrent, min=1, max=10_000),
+        cooldown_s=s.number("cooldown", d.cooldown_s, min=0),
+        max_runtime_s=s.number("max_runtime", d.max_runtime_s, min=0.1),
+        jobs_per_worker=s.integer("jobs_per_worker", d.jobs_per_worker, min=1),
+        idle_timeout_s=s.number("idle_timeout", d.idle_timeout_s, min=0),
+        max_attempts=s.integer("max_attempts", d.max_attempts, min=1),
+        then=s.string("then", None) if s.raw("then") is not None else None,
+        batch_size=s.integer("batch_size", d.batch_size, min=1, max=100_000),
+        max_memory_mb=s.integer("max_memory_mb", None, min=1) if s.has("max_memory_mb") else None,
+        serializer=s.string("serializer", d.serializer, choices=["json", "pickle"]),
+        env=MappingProxyType(dict(env)),
+    )
+    s.done()
+    return cfg
+
+
+def _parse_program(s: Section, root: Path) -> tuple[str, ...]:
+    """``script`` runs under our own interpreter; ``command`` is an argv."""
+    has_script, has_command = s.has("script"), s.has("command")
+    if has_script == has_command:
+        s.problems.add(s.path, "exactly one of 'script' or 'command' is required")
+        s.raw("script")
+        s.raw("command")
+        return ()
+    if has_script:
+        script = s.string("script")
+        return (sys.executable, str(root / script)) if isinstance(script, str) else ()
+    command = s.string_list("command")
+    if isinstance(command, tuple) and not command:
+        s.error("command", "must not be empty")
+    return command if isinstance(command, tuple) else ()
+
+
+def _parse_sections(top: Section) -> dict[str, Any]:
+    """Settings of the shipped worker programs, each validated by its owner."""
+    from orchestrator import sections
+
+    parsed: dict[str, Any] = {}
+    for name, parse in sections.PARSERS.items():
+        if top.has(name):
+            parsed[name] = parse(top.child(name))
+        else:
+            parsed[name] = parse(Section({}, name, top.problems))
+    return parsed
+
+
+def _check_links(queues: Mapping[str, QueueConfig], problems: Problems) -> None:
+    streams: dict[str, str] = {}
+    for name, queue in queues.items():
+        if queue.then is not None and queue.then not in queues:
+            problems.add(f"queues.{name}.then", f"names unknown queue {queue.then!r}")
+        elif queue.then is not None and queues[queue.then].backend is not Backend.STREAM:
+            problems.add(f"queues.{name}.then", "must name a stream queue")
+        if queue.then is not None and queue.backend is not Backend.STREAM:
+            problems.add(f"queues.{name}.then", "is only supported on stream queues")
+        if queue.backend is Backend.STREAM:
+            other = streams.setdefault(queue.stream, name)
+            if other != name:
+                problems.add(f"queues.{name}.stream", f"{queue.stream!r} is used by {other!r} too")

@@ -1,0 +1,144 @@
+"""Start, signal and reap process trees.
+
+The rule everywhere in this project: a stop goes SIGTERM -> grace -> SIGKILL
+to the *whole* tree, and the tree is snapshotted before the first signal so
+that children re-parented to init on their parent's death are still found.
+The direct parent is the only one that reaps (``waitpid``) its children.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import psutil
+
+
+@dataclass(frozen=True, slots=True)
+class ExitStatus:
+    """How a process ended: an exit code or the signal that killed it."""
+
+    code: int | None
+    signal: int | None
+
+    @classmethod
+    def from_wait_status(cls, status: int) -> ExitStatus:
+        if os.WIFSIGNALED(status):
+            return cls(code=None, signal=os.WTERMSIG(status))
+        return cls(code=os.waitstatus_to_exitcode(status), signal=None)
+
+    @classmethod
+    def from_returncode(cls, returncode: int) -> ExitStatus:
+        if returncode < 0:
+            return cls(code=None, signal=-returncode)
+        return cls(code=returncode, signal=None)
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 0
+
+    def describe(self) -> str:
+        if self.signal is not None:
+            return f"signal {self.signal} ({signal_name(self.signal)})"
+        return f"code {self.code}"
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"SIG{signum}"
+
+
+def start_process(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    cwd: str | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` (never through a shell) in its own process group.
+
+    A process group of its own keeps terminal signals (Ctrl-C in the
+    foreground) away from workers: only the spawner decides when they stop.
+    """
+    return subprocess.Popen(
+        list(argv),
+        env=dict(env),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+    )
+
+
+def snapshot_tree(pid: int) -> list[psutil.Process]:
+    """The process and all its descendants, parent first; [] if it is gone."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def signal_tree(procs: Sequence[psutil.Process], signum: int) -> None:
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            proc.send_signal(signum)
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of a process and its descendants (0 if gone)."""
+    total = 0
+    for proc in snapshot_tree(pid):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            total += proc.memory_info().rss
+    return total
+
+
+def kill_tree(pid: int, grace_s: float, *, reap: bool = True) -> None:
+    """SIGTERM the tree of ``pid``, wait ``grace_s``, SIGKILL what is left.
+
+    Blocking; meant for pools and tests. The spawner runs the same two steps
+    from its event loop instead (see ``spawner``), so it never blocks.
+    ``reap`` waits for the root when it is our child, so no zombie remains.
+    """
+    tree = snapshot_tree(pid)
+    signal_tree(tree, signal.SIGTERM)
+    _, alive = psutil.wait_procs(tree, timeout=grace_s)
+    if alive:
+        # Children started during the grace period join the final sweep.
+        extra = [c for p in alive for c in _children_or_empty(p)]
+        signal_tree([*alive, *extra], signal.SIGKILL)
+        psutil.wait_procs([*alive, *extra], timeout=5.0)
+    if reap:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+def _children_or_empty(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return proc.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_gone(pids: Sequence[int], timeout_s: float) -> list[int]:
+    """Wait until none of ``pids`` is alive; return those still alive."""
+    deadline = time.monotonic() + timeout_s
+    alive = [p for p in pids if pid_alive(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.02)
+        alive = [p for p in alive if pid_alive(p)]
+    return alive

@@ -1,0 +1,35 @@
+"""Waiting without fixed sleeps: poll a condition until a deadline."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class WaitTimeout(AssertionError):
+    pass
+
+
+def wait_until(
+    predicate: Callable[[], T],
+    timeout_s: float = 10.0,
+    interval_s: float = 0.02,
+    message: str | Callable[[], str] = "condition not met",
+) -> T:
+    """Call ``predicate`` until it returns something truthy; return that.
+
+    Raises ``WaitTimeout`` (an AssertionError, so pytest shows it as a failed
+    check) with ``message`` when ``timeout_s`` passes first.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            text = message() if callable(message) else message
+            raise WaitTimeout(f"after {timeout_s:.1f}s: {text}")
+        time.sleep(interval_s)
