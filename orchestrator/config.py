@@ -13,7 +13,7 @@ import os
 import socket
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
@@ -35,6 +35,7 @@ __all__ = [
     "LogConfig",
     "QueueConfig",
     "SpawnerConfig",
+    "describe",
     "load_config",
     "parse_config",
 ]
@@ -88,7 +89,7 @@ class QueueConfig:
     batch_size: int = 10
     max_memory_mb: int | None = None
     serializer: str = "json"
-    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    env: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def dead_stream(self) -> str:
@@ -111,6 +112,46 @@ class Config:
         except KeyError:
             known = ", ".join(self.queues) or "none"
             raise KeyError(f"unknown queue {name!r} (configured: {known})") from None
+
+
+def describe(config: Config) -> dict[str, Any]:
+    """The config resolved with defaults, keyed as in the YAML file.
+
+    Durations are ``*_s`` in code and plain keys in YAML (``cooldown_s`` is
+    ``cooldown``); a queue's program is shown as the argv it resolves to.
+    """
+
+    def keyed(obj: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(obj):
+            if f.name in skip:
+                continue
+            value = getattr(obj, f.name)
+            if isinstance(value, StrEnum):
+                value = value.value
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name.removesuffix("_s")] = value
+        return out
+
+    queues = {}
+    for name, q in config.queues.items():
+        entry = keyed(q, skip=("name", "argv"))
+        entry["command"] = list(q.argv)
+        queues[name] = entry
+    return {
+        "redis": {"url": config.redis_url},
+        "spawner": keyed(config.spawner),
+        "log": keyed(config.log),
+        "queues": queues,
+        **{name: _section_dict(value) for name, value in config.sections.items()},
+    }
+
+
+def _section_dict(value: Any) -> Any:
+    return asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
@@ -237,7 +278,7 @@ def _parse_queue(name: str, s: Section, root: Path) -> QueueConfig | None:
         batch_size=s.integer("batch_size", d.batch_size, min=1, max=100_000),
         max_memory_mb=s.integer("max_memory_mb", None, min=1) if s.has("max_memory_mb") else None,
         serializer=s.string("serializer", d.serializer, choices=["json", "pickle"]),
-        env=MappingProxyType(dict(env)),
+        env=dict(env),
     )
     s.done()
     return cfg

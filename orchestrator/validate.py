@@ -106,26 +106,31 @@ class Section:
     def boolean(self, key: str, default: Any = _MISSING) -> Any:
         return self._get(key, default, lambda v: v if isinstance(v, bool) else None, "true/false")
 
-    def integer(self, key: str, default: Any = _MISSING, min: int | None = None,
-                max: int | None = None) -> Any:
+    def integer(
+        self, key: str, default: Any = _MISSING, min: int | None = None, max: int | None = None
+    ) -> Any:
         value = self._get(
-            key, default,
+            key,
+            default,
             lambda v: v if isinstance(v, int) and not isinstance(v, bool) else None,
             "an integer",
         )
         return self._in_range(key, value, default, min, max)
 
-    def number(self, key: str, default: Any = _MISSING, min: float | None = None,
-               max: float | None = None) -> Any:
+    def number(
+        self, key: str, default: Any = _MISSING, min: float | None = None, max: float | None = None
+    ) -> Any:
         value = self._get(
-            key, default,
+            key,
+            default,
             lambda v: float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None,
             "a number",
         )
         return self._in_range(key, value, default, min, max)
 
-    def _in_range(self, key: str, value: Any, default: Any, low: float | None,
-                  high: float | None) -> Any:
+    def _in_range(
+        self, key: str, value: Any, default: Any, low: float | None, high: float | None
+    ) -> Any:
         if value is None or value is default:
             return value
         if low is not None and value < low:

@@ -75,7 +75,7 @@ def pg_url() -> str:
 
         with psycopg.connect(url, connect_timeout=3) as conn:
             conn.execute("select 1")
-    except Exception as exc:  # noqa: BLE001 - any failure means "no Postgres"
+    except Exception as exc:
         missing_service(f"PostgreSQL at {url} ({exc})")
     return url
 
@@ -91,3 +91,6 @@ def pg_schema(pg_url: str) -> Iterator[str]:
     yield schema
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(f'drop schema "{schema}" cascade')
+
+
+from tests.spawn_harness import spawner_factory  # noqa: E402,F401  (fixture)

@@ -1,0 +1,262 @@
+"""``orchestrator``: the command line. Parses, loads config, calls the core.
+
+Exit codes: 0 ok, 2 bad config or arguments, 1 anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, replace
+from typing import Any, TypeVar
+
+import click
+import redis
+
+from orchestrator import deadletters, status
+from orchestrator.config import (
+    EMBEDDED,
+    Backend,
+    Config,
+    ConfigError,
+    QueueConfig,
+    describe,
+    load_config,
+)
+from orchestrator.connections import REDIS_ERRORS, connect
+from orchestrator.logs import setup_logging
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Failure(click.ClickException):
+    """An error that is not the user's input: exit 1."""
+
+    exit_code = EXIT_FAILURE
+
+
+def config_option(func: F) -> F:
+    return click.option(
+        "-c",
+        "--config",
+        "config_path",
+        default="config/workers.yaml",
+        show_default=True,
+        type=click.Path(dir_okay=False),
+        help="The config file.",
+    )(func)
+
+
+def load(config_path: str) -> Config:
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        for line in exc.problems:
+            click.echo(line, err=True)
+        sys.exit(EXIT_USAGE)
+
+
+def client_for(config: Config) -> redis.Redis:
+    if config.redis_url == EMBEDDED:
+        raise Failure("redis.url is 'embedded': only 'run' and 'demo' start a private Redis")
+    return connect(config.redis_url, name="orch-cli")
+
+
+@contextmanager
+def redis_errors() -> Iterator[None]:
+    try:
+        yield
+    except REDIS_ERRORS as exc:
+        raise Failure(f"Redis unavailable: {exc}") from exc
+
+
+def queue_of(config: Config, name: str) -> QueueConfig:
+    try:
+        return config.queue(name)
+    except KeyError as exc:
+        raise click.BadParameter(str(exc.args[0]), param_hint="QUEUE") from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Redis-driven process orchestrator: queue-depth scaling of short-lived workers."""
+
+
+@cli.command()
+@config_option
+def run(config_path: str) -> None:
+    """Run the spawner and reaper in the foreground until SIGTERM/SIGINT."""
+    from orchestrator.embedded import EmbeddedRedis
+    from orchestrator.spawner import main_loop
+
+    config = load(config_path)
+    setup_logging(config.log)
+    if config.redis_url != EMBEDDED:
+        sys.exit(main_loop(config))
+    with EmbeddedRedis() as server:
+        sys.exit(main_loop(replace(config, redis_url=server.url)))
+
+
+@cli.command()
+@config_option
+def check(config_path: str) -> None:
+    """Validate the config and print it resolved with its defaults."""
+    import yaml
+
+    config = load(config_path)
+    plain = json.loads(json.dumps(describe(config), default=str))
+    click.echo(yaml.safe_dump(plain, sort_keys=False, allow_unicode=True), nl=False)
+
+
+@cli.command(name="status")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status_command(config_path: str, as_json: bool) -> None:
+    """Per queue: workers, backlog, pending, oldest entry, dead letters."""
+    config = load(config_path)
+    client = client_for(config)
+    with redis_errors():
+        hosts = status.read_status(client)
+    if as_json:
+        click.echo(
+            json.dumps({"alive": bool(hosts), "hosts": [asdict(h) for h in hosts]}, indent=2)
+        )
+    elif hosts:
+        click.echo(status.format_table(hosts, time.time()))
+    if not hosts:
+        click.echo("No spawner is alive: no host heartbeat in Redis (orch:hosts).", err=True)
+        sys.exit(EXIT_FAILURE)
+
+
+@cli.command()
+@config_option
+@click.argument("queue")
+@click.argument("job", required=False, default="-")
+def enqueue(config_path: str, queue: str, job: str) -> None:
+    """Add jobs: one JSON object, or JSON lines from stdin ('-')."""
+    from orchestrator.queues import enqueue_jobs
+
+    config = load(config_path)
+    q = queue_of(config, queue)
+    if q.backend is not Backend.STREAM:
+        raise click.BadParameter(f"{queue} is an RQ queue: enqueue with RQ", param_hint="QUEUE")
+    lines = sys.stdin.read().splitlines() if job == "-" else [job]
+    jobs = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError as exc:
+            raise click.BadParameter(f"line {number}: not JSON: {exc}", param_hint="JOB") from None
+        if not isinstance(value, dict):
+            raise click.BadParameter(f"line {number}: must be a JSON object", param_hint="JOB")
+        jobs.append(value)
+    with redis_errors():
+        ids = enqueue_jobs(client_for(config), q, jobs)
+    click.echo(
+        f"enqueued {len(ids)} job(s) on {q.stream}" + (f": {ids[0]}" if len(ids) == 1 else "")
+    )
+
+
+@cli.command()
+@config_option
+def streams(config_path: str) -> None:
+    """Consumer-group health: pending per consumer, idle, lag, dead consumers."""
+    from orchestrator.health import inspect_all
+
+    config = load(config_path)
+    with redis_errors():
+        report = inspect_all(client_for(config), config)
+    click.echo(report.render())
+
+
+@cli.command()
+@config_option
+@click.option("--dry-run", is_flag=True, help="Report what would be recovered; change nothing.")
+def reap(config_path: str, dry_run: bool) -> None:
+    """Recover entries held by dead consumers, then remove those consumers."""
+    from orchestrator.health import reap_once
+
+    config = load(config_path)
+    with redis_errors():
+        results = reap_once(client_for(config), config, dry_run=dry_run)
+    verb = "would recover" if dry_run else "recovered"
+    for r in results:
+        click.echo(
+            f"{r.queue}: consumer {r.consumer}: {verb} {r.parked} entr"
+            f"{'y' if r.parked == 1 else 'ies'}; {r.dead_lettered} over max_attempts "
+            "to dead letters"
+        )
+    if not results:
+        click.echo("no dead consumers")
+
+
+@cli.group()
+def dlq() -> None:
+    """Dead letters: list, retry, purge."""
+
+
+@dlq.command(name="list")
+@config_option
+@click.argument("queue")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1))
+def dlq_list(config_path: str, queue: str, limit: int) -> None:
+    """Show a queue's dead letters with their errors."""
+    config = load(config_path)
+    q = queue_of(config, queue)
+    with redis_errors():
+        client = client_for(config)
+        letters = deadletters.list_dead(client, q, limit)
+        total = deadletters.count_dead(client, q)
+    for d in letters:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.failed_at))
+        payload = json.dumps(d.original_fields, ensure_ascii=False)
+        click.echo(
+            f"{d.id}  attempts={d.attempts}  failed_at={when}  error={d.error}\n    {payload}"
+        )
+    click.echo(f"{total} dead letter(s) in {q.dead_stream}")
+
+
+@dlq.command(name="retry")
+@config_option
+@click.argument("queue")
+@click.argument("ids", nargs=-1)
+def dlq_retry(config_path: str, queue: str, ids: tuple[str, ...]) -> None:
+    """Put dead letters (all, or the IDS given) back on the queue."""
+    config = load(config_path)
+    q = queue_of(config, queue)
+    with redis_errors():
+        new_ids = deadletters.retry_dead(client_for(config), q, list(ids) or None)
+    click.echo(f"re-queued {len(new_ids)} job(s) on {q.stream}")
+
+
+@dlq.command(name="purge")
+@config_option
+@click.argument("queue")
+@click.argument("ids", nargs=-1)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def dlq_purge(config_path: str, queue: str, ids: tuple[str, ...], yes: bool) -> None:
+    """Delete dead letters (all, or the IDS given)."""
+    config = load(config_path)
+    q = queue_of(config, queue)
+    what = f"{len(ids)} dead letter(s)" if ids else f"all dead letters of {q.dead_stream}"
+    if not yes and not click.confirm(f"Delete {what}?"):
+        sys.exit(EXIT_FAILURE)
+    with redis_errors():
+        n = deadletters.purge_dead(client_for(config), q, list(ids) or None)
+    click.echo(f"deleted {n} dead letter(s)")
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_FAILURE)

@@ -1,0 +1,95 @@
+"""The dead-letter stream of a queue: ``<stream>:dead``.
+
+An entry there holds the original fields plus ``error``, ``attempts``,
+``failed_at`` (epoch seconds) and ``original_id``. ``retry`` puts the
+original fields back on the queue as a new entry (fresh attempts) and
+removes the dead letter in the same MULTI/EXEC, so a retried job is never
+both lost and never twice on the queue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from orchestrator.config import QueueConfig
+
+DEAD_LETTER_FIELDS = ("error", "attempts", "failed_at", "original_id")
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: str
+    fields: dict[str, str]
+
+    @property
+    def error(self) -> str:
+        return self.fields.get("error", "")
+
+    @property
+    def attempts(self) -> int:
+        return int(self.fields.get("attempts", "0") or 0)
+
+    @property
+    def failed_at(self) -> float:
+        return float(self.fields.get("failed_at", "0") or 0)
+
+    @property
+    def original_id(self) -> str:
+        return self.fields.get("original_id", "")
+
+    @property
+    def original_fields(self) -> dict[str, str]:
+        return {k: v for k, v in self.fields.items() if k not in DEAD_LETTER_FIELDS}
+
+
+def list_dead(client: redis.Redis, queue: QueueConfig, limit: int = 100) -> list[DeadLetter]:
+    return _letters(client.xrange(queue.dead_stream, count=limit))
+
+
+def count_dead(client: redis.Redis, queue: QueueConfig) -> int:
+    return int(client.xlen(queue.dead_stream))
+
+
+def retry_dead(
+    client: redis.Redis, queue: QueueConfig, ids: Sequence[str] | None = None
+) -> list[str]:
+    """Re-queue dead letters (all, or ``ids``); returns the new entry ids."""
+    letters = _select(client, queue, ids)
+    if not letters:
+        return []
+    pipe = client.pipeline(transaction=True)
+    for letter in letters:
+        pipe.xadd(queue.stream, letter.original_fields)  # type: ignore[arg-type]
+    pipe.xdel(queue.dead_stream, *[letter.id for letter in letters])
+    replies = pipe.execute()
+    return [_text(r) for r in replies[: len(letters)]]
+
+
+def purge_dead(client: redis.Redis, queue: QueueConfig, ids: Sequence[str] | None = None) -> int:
+    """Delete dead letters (all, or ``ids``); returns how many."""
+    if ids:
+        return int(client.xdel(queue.dead_stream, *ids))
+    count = count_dead(client, queue)
+    client.delete(queue.dead_stream)
+    return count
+
+
+def _select(client: redis.Redis, queue: QueueConfig, ids: Sequence[str] | None) -> list[DeadLetter]:
+    if not ids:
+        return _letters(client.xrange(queue.dead_stream))
+    return [d for i in ids for d in _letters(client.xrange(queue.dead_stream, i, i))]
+
+
+def _letters(rows: Any) -> list[DeadLetter]:
+    return [
+        DeadLetter(_text(i), {_text(k): _text(v) for k, v in (f or {}).items()})
+        for i, f in rows or []
+    ]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

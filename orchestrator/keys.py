@@ -1,0 +1,83 @@
+"""Every Redis key the orchestrator owns, in one place.
+
+All of them live under one prefix (``orch:``) so that ``status``, a second
+host and a restarted spawner read the same truth, and an operator can list
+them with ``SCAN MATCH orch:*``:
+
+==============================  ======  ===============================================
+key                             type    contents
+==============================  ======  ===============================================
+``orch:hosts``                  zset    host name -> heartbeat expiry (epoch seconds)
+``orch:host:<host>``            hash    pid, started_at, heartbeat_at, config of a spawner
+``orch:leases:<host>``          hash    worker id -> lease JSON (queue, pid, consumer,
+                                        started_at, deadline, create_time)
+``orch:status:<host>``          string  JSON snapshot of the host's per-queue figures
+``orch:worker:<consumer>``      string  JSON heartbeat of a running worker (TTL'd)
+``orch:inhand:<consumer>``      string  ids a worker is handling now (suspect entries)
+``orch:scanner:<consumer>``     string  JSON metrics a scanner worker publishes
+``orch:batch:<id>``             hash    a batch job's progress and result location
+==============================  ======  ===============================================
+
+Queue data itself stays where producers put it: a stream queue is the stream
+named in the config (consumer group ``workers`` by default), its dead letters
+``<stream>:dead``; an RQ queue uses RQ's own keys.
+"""
+
+from __future__ import annotations
+
+PREFIX = "orch:"
+HOSTS = f"{PREFIX}hosts"
+
+# Consumers are named "<host>/<worker id>", so any reaper can tell which
+# host's heartbeat vouches for a consumer.
+CONSUMER_SEPARATOR = "/"
+
+
+def host(name: str) -> str:
+    return f"{PREFIX}host:{name}"
+
+
+def leases(host_name: str) -> str:
+    return f"{PREFIX}leases:{host_name}"
+
+
+def status(host_name: str) -> str:
+    return f"{PREFIX}status:{host_name}"
+
+
+def worker_heartbeat(consumer: str) -> str:
+    return f"{PREFIX}worker:{consumer}"
+
+
+def in_hand(consumer: str) -> str:
+    return f"{PREFIX}inhand:{consumer}"
+
+
+def scanner_metrics(consumer: str) -> str:
+    return f"{PREFIX}scanner:{consumer}"
+
+
+def batch(batch_id: str) -> str:
+    return f"{PREFIX}batch:{batch_id}"
+
+
+def dead_stream(stream: str) -> str:
+    return f"{stream}:dead"
+
+
+def consumer_name(host_name: str, worker_id: str) -> str:
+    return f"{host_name}{CONSUMER_SEPARATOR}{worker_id}"
+
+
+def consumer_host(consumer: str) -> str | None:
+    """The host part of a consumer we named; None for foreign consumers."""
+    head, sep, _ = consumer.partition(CONSUMER_SEPARATOR)
+    return head if sep else None
+
+
+def consumer_worker_id(consumer: str) -> str:
+    return consumer.rpartition(CONSUMER_SEPARATOR)[2]
+
+
+def rq_queue(name: str) -> str:
+    return f"rq:queue:{name}"

@@ -1,0 +1,214 @@
+"""Queue depth probes, stream watching, and putting jobs on queues.
+
+``DepthProbe`` measures every configured queue in one Lua call (see
+``lua/probe.lua``), queued on a pipeline the caller executes, so a spawner
+tick costs one Redis round trip whatever the number of queues.
+
+``StreamWatch`` is how the spawner reacts in milliseconds rather than at the
+next poll: a dedicated connection keeps an ``XREAD BLOCK`` outstanding on the
+streams that have room for more workers, and its socket sits in the
+spawner's ``select`` beside the signal pipe. ``XREAD`` (not ``XREADGROUP``)
+consumes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis
+
+from orchestrator import keys
+from orchestrator.config import Backend, QueueConfig
+
+# Counting undelivered entries by XRANGE (Redis < 7, or lag unknown) stops
+# here: enough to size any queue's workers, cheap enough for every tick.
+LAG_COUNT_CAP = 10_000
+
+
+def load_lua(name: str) -> str:
+    return resources.files("orchestrator").joinpath("lua", name).read_text()
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDepth:
+    """One probe of one queue."""
+
+    queue: str
+    undelivered: int  # entries no consumer has been given yet (RQ: queue length)
+    exact: bool  # False when ``undelivered`` was capped
+    pending: int  # delivered, not acknowledged (RQ: started jobs)
+    pending_by_consumer: Mapping[str, int]
+    dead_letters: int
+    oldest_age_s: float | None
+    last_id: str = "0-0"
+
+    def orphaned(self, is_live: Any) -> int:
+        """Pending entries held by consumers that ``is_live(name)`` denies."""
+        return sum(n for c, n in self.pending_by_consumer.items() if not is_live(c))
+
+
+def _probe_spec(queue: QueueConfig, key_index: int) -> tuple[list[str], dict[str, Any]]:
+    if queue.backend is Backend.RQ:
+        names = [keys.rq_queue(queue.name), f"rq:wip:{queue.name}", f"rq:failed:{queue.name}"]
+        spec = {"kind": "rq", "key": key_index, "wip": key_index + 1, "failed": key_index + 2}
+        return names, {**spec, "cap": LAG_COUNT_CAP}
+    names = [queue.stream, queue.dead_stream]
+    spec = {"kind": "stream", "key": key_index, "dead": key_index + 1, "group": queue.group}
+    return names, {**spec, "cap": LAG_COUNT_CAP}
+
+
+class DepthProbe:
+    """Measures a fixed set of queues; rebuild it when the config changes."""
+
+    def __init__(self, queues: Iterable[QueueConfig]) -> None:
+        self.queues = list(queues)
+        self.keys: list[str] = []
+        specs: list[dict[str, Any]] = []
+        for queue in self.queues:
+            names, spec = _probe_spec(queue, len(self.keys) + 1)
+            self.keys.extend(names)
+            specs.append(spec)
+        self.argv = json.dumps(specs)
+        self.source = load_lua("probe.lua")
+        self.sha: str | None = None
+
+    def load(self, client: redis.Redis) -> None:
+        """Load the script; call once per connection and after NOSCRIPT."""
+        self.sha = str(client.script_load(self.source))
+
+    def queue_on(self, pipe: redis.client.Pipeline) -> None:
+        assert self.sha is not None, "call load() first"
+        pipe.evalsha(self.sha, len(self.keys), *self.keys, self.argv)
+
+    def parse(self, reply: Any) -> dict[str, QueueDepth]:
+        raw = json.loads(reply)
+        if not isinstance(raw, list):  # cjson encodes an empty list as {}
+            raw = []
+        return {q.name: _depth(q.name, r) for q, r in zip(self.queues, raw, strict=True)}
+
+    def measure(self, client: redis.Redis) -> dict[str, QueueDepth]:
+        """Probe once, outside a pipeline (CLI and tests)."""
+        if not self.queues:
+            return {}
+        if self.sha is None:
+            self.load(client)
+        pipe = client.pipeline(transaction=False)
+        self.queue_on(pipe)
+        try:
+            (reply,) = pipe.execute()
+        except redis.exceptions.NoScriptError:
+            self.load(client)
+            return self.measure(client)
+        return self.parse(reply)
+
+
+def _depth(name: str, r: Mapping[str, Any]) -> QueueDepth:
+    consumers = r.get("consumers") or {}
+    age_ms = int(r.get("oldest_age_ms", -1))
+    return QueueDepth(
+        queue=name,
+        undelivered=int(r["lag"]),
+        exact=bool(r["exact"]),
+        pending=int(r["pending"]),
+        pending_by_consumer={str(k): int(v) for k, v in consumers.items()},
+        dead_letters=int(r["dead"]),
+        oldest_age_s=age_ms / 1000.0 if age_ms >= 0 else None,
+        last_id=str(r.get("last_id", "0-0")),
+    )
+
+
+class StreamWatch:
+    """An outstanding ``XREAD BLOCK`` whose socket the spawner selects on.
+
+    ``arm(positions)`` makes sure one ``XREAD`` is in flight for exactly the
+    given streams (from the given ids): when the set of streams changes, the
+    old call is cut short with ``CLIENT UNBLOCK`` from the main connection.
+    While armed, positions cannot have moved without the call returning, so
+    the set is all that needs comparing. ``fileno()`` is readable when the
+    call returns; ``collect()`` reads the reply. Consumes nothing.
+    """
+
+    def __init__(self, client: redis.Redis, block_ms: int = 30_000) -> None:
+        self.client = client
+        self.block_ms = block_ms
+        self.conn: Any = None  # a redis-py Connection (its API is untyped)
+        self.conn_id: int | None = None
+        self.armed: frozenset[str] | None = None
+
+    def arm(self, positions: Mapping[str, str]) -> None:
+        wanted = frozenset(positions)
+        if wanted == self.armed or (not wanted and self.armed is None):
+            return
+        if self.armed is not None:
+            self.client.client_unblock(self.conn_id or 0)
+            self.collect()
+        if not wanted:
+            return
+        conn = self._connection()
+        names = sorted(wanted)
+        ids = [positions[n] for n in names]
+        conn.send_command("XREAD", "COUNT", 1, "BLOCK", self.block_ms, "STREAMS", *names, *ids)
+        self.armed = wanted
+
+    def _connection(self) -> Any:
+        if self.conn is None:
+            conn: Any = self.client.connection_pool.make_connection()
+            conn.connect()
+            conn.send_command("CLIENT", "ID")
+            self.conn_id = int(conn.read_response())
+            self.conn = conn
+        return self.conn
+
+    def fileno(self) -> int | None:
+        sock = getattr(self.conn, "_sock", None) if self.armed is not None else None
+        return sock.fileno() if sock is not None else None
+
+    def ready(self) -> bool:
+        return self.conn is not None and self.armed is not None and self.conn.can_read(0)
+
+    def collect(self) -> list[str]:
+        """Read the finished XREAD; the streams that have new entries."""
+        assert self.conn is not None
+        self.armed = None
+        reply = self.conn.read_response()
+        if isinstance(reply, dict):  # RESP3 answers XREAD with a map
+            return [_text(name) for name in reply]
+        return [_text(item[0]) for item in reply or []]
+
+    def reset(self) -> None:
+        """Drop the connection (after a Redis error); the next arm reconnects."""
+        if self.conn is not None:
+            self.conn.disconnect()
+        self.conn = None
+        self.conn_id = None
+        self.armed = None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def ensure_group(client: redis.Redis, queue: QueueConfig) -> None:
+    """Create the queue's stream and group if missing (idempotent)."""
+    try:
+        client.xgroup_create(queue.stream, queue.group, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def enqueue_jobs(
+    client: redis.Redis, queue: QueueConfig, jobs: Sequence[Mapping[str, Any]]
+) -> list[str]:
+    """Add jobs to a stream queue as ``payload`` JSON; returns entry ids."""
+    if queue.backend is not Backend.STREAM:
+        raise ValueError(f"queue {queue.name!r} is an RQ queue: enqueue with RQ's API")
+    ensure_group(client, queue)
+    pipe = client.pipeline(transaction=False)
+    for job in jobs:
+        pipe.xadd(queue.stream, {"payload": json.dumps(job, separators=(",", ":"))})
+    return [_text(i) for i in pipe.execute()]

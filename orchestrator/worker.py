@@ -1,0 +1,478 @@
+"""The worker runtime: what a worker program needs besides its handler.
+
+A worker in three lines::
+
+    from orchestrator.worker import run_worker
+    def handle(job: dict) -> dict | None: ...
+    run_worker(handle)
+
+The runtime reads the spawner's environment (``ORCH_*``), then loops:
+its own pending entries first (work handed to it, or its own failures),
+then new ones, in batches. An entry is acknowledged only after its handler
+succeeded; with ``then``, the result is added to the next queue and the
+entry acknowledged in one MULTI/EXEC, so a crash can neither lose nor
+duplicate the hand-off. A handler exception is a failed attempt: the entry
+stays pending and is retried, until the delivery count (Redis' own, so
+crashes count too) reaches ``max_attempts`` and it goes to
+``<stream>:dead`` with the error. A payload that is not JSON goes there at
+once. Raising ``Unavailable`` (a database or API is down) means "not this
+job's fault": the deliveries are not counted, and the worker exits with
+``EX_TEMPFAIL`` so the spawner backs off.
+
+Crashes are charged to the job that caused them: entries delivered before
+(suspects) run under an in-hand marker (``orch:inhand:<consumer>``) that
+the reaper reads when the worker dies; see ``lua/park.lua``.
+
+The worker exits 0 after ``idle_timeout`` without work, stops taking work
+before its ``ORCH_DEADLINE``, and on SIGTERM/SIGINT finishes the job in
+hand, acknowledges, and exits 0. It dies with its spawner (SIGTERM, then
+the same graceful path) and keeps a heartbeat (``orch:worker:<consumer>``)
+holding its pid and Redis client id, so the spawner can wake it when it
+hands it work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import redis
+from loguru import logger
+
+from orchestrator import keys, procs
+
+EX_OK = 0
+EX_FAILURE = 1
+EX_TEMPFAIL = 75  # sysexits.h: try again later
+
+Handler = Callable[[dict[str, Any]], "dict[str, Any] | None"]
+BatchHandler = Callable[[Sequence["Job"]], "Sequence[dict[str, Any] | None]"]
+
+FLUSH_AFTER_S = 0.2  # results wait at most this long for their batch's ack
+HEARTBEAT_INTERVAL_S = 2.0
+HEARTBEAT_TTL_S = 10.0
+
+
+class Unavailable(Exception):
+    """A dependency is down; the job is fine. Not counted as an attempt."""
+
+
+class PoisonJob(Exception):
+    """The job can never succeed: dead-letter it now, whatever its attempts."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The worker's environment, as set by the spawner (see SPEC.md)."""
+
+    redis_url: str
+    queue: str
+    worker_id: str
+    stream: str
+    group: str
+    consumer: str
+    deadline: float  # epoch seconds
+    idle_timeout_s: float
+    max_attempts: int
+    then: str | None
+    batch_size: int = 10
+    host: str = ""
+    spawner_pid: int | None = None
+    config_path: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        e = os.environ if env is None else env
+        missing = [k for k in ("ORCH_QUEUE", "ORCH_REDIS_URL", "ORCH_STREAM") if not e.get(k)]
+        if missing:
+            raise SystemExit(
+                f"not started by the orchestrator: {', '.join(missing)} missing; "
+                "run it through 'orchestrator run' (or set the ORCH_* variables)"
+            )
+        worker_id = e.get("ORCH_WORKER_ID") or f"{e['ORCH_QUEUE']}_{os.getpid()}"
+        return cls(
+            redis_url=e["ORCH_REDIS_URL"],
+            queue=e["ORCH_QUEUE"],
+            worker_id=worker_id,
+            stream=e["ORCH_STREAM"],
+            group=e.get("ORCH_GROUP") or "workers",
+            consumer=e.get("ORCH_CONSUMER") or worker_id,
+            deadline=float(e.get("ORCH_DEADLINE") or time.time() + 300),
+            idle_timeout_s=float(e.get("ORCH_IDLE_TIMEOUT") or 5),
+            max_attempts=int(e.get("ORCH_MAX_ATTEMPTS") or 3),
+            then=e.get("ORCH_THEN") or None,
+            batch_size=int(e.get("ORCH_BATCH_SIZE") or 10),
+            host=e.get("ORCH_HOST", ""),
+            spawner_pid=int(e["ORCH_SPAWNER_PID"]) if e.get("ORCH_SPAWNER_PID") else None,
+            config_path=e.get("ORCH_CONFIG") or None,
+        )
+
+
+@dataclass(slots=True)
+class Job:
+    """One stream entry as a handler sees it."""
+
+    id: str
+    fields: dict[str, str]
+    attempts: int
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class WorkerRuntime:
+    """The read-handle-acknowledge loop of one worker process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        handle_batch: BatchHandler,
+        client: redis.Redis | None = None,
+        *,
+        one_at_a_time: bool = False,
+    ) -> None:
+        self.s = settings
+        self.handle_batch = handle_batch
+        self.one_at_a_time = one_at_a_time
+        self.client = client or redis.Redis.from_url(
+            settings.redis_url,
+            single_connection_client=True,  # CLIENT UNBLOCK must reach *this* connection
+            socket_timeout=max(settings.idle_timeout_s, 5.0) + 10.0,
+            socket_connect_timeout=5.0,
+        )
+        self.stopping = False
+        self.processed = 0
+        self.failed = 0
+        self.started = time.monotonic()
+        self.last_work = time.monotonic()
+        self.avg_job_s = 0.0
+        self.heartbeat: Heartbeat | None = None
+
+    def request_stop(self, *_: object) -> None:
+        self.stopping = True
+
+    def run(self) -> int:
+        """Serve until idle, deadline or SIGTERM; returns the exit code."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        try:
+            client_id = int(self.client.client_id())
+            self.heartbeat = Heartbeat(self.s, client_id)
+            self.heartbeat.start()
+            return self._loop()
+        except Unavailable as exc:
+            logger.warning(f"{self.s.worker_id}: dependency unavailable: {exc}; exiting")
+            return EX_TEMPFAIL
+        except redis.ConnectionError as exc:
+            logger.error(f"{self.s.worker_id}: Redis unavailable: {exc}; exiting")
+            return EX_TEMPFAIL
+        finally:
+            if self.heartbeat is not None:
+                self.heartbeat.stop()
+
+    def _loop(self) -> int:
+        while not self.stopping:
+            if self._deadline_near():
+                logger.info(f"{self.s.worker_id}: max_runtime near, taking no more work")
+                break
+            jobs = self._read()
+            if jobs:
+                self.last_work = time.monotonic()
+                self._process(jobs)
+            elif time.monotonic() - self.last_work >= self.s.idle_timeout_s:
+                break
+        logger.info(
+            f"{self.s.worker_id}: exiting after {time.monotonic() - self.started:.1f}s, "
+            f"{self.processed} done, {self.failed} failed"
+        )
+        return EX_OK
+
+    def _deadline_near(self) -> bool:
+        margin = max(0.5, 1.5 * self.avg_job_s)
+        return time.time() + margin >= self.s.deadline
+
+    def _read(self) -> list[Job]:
+        """Own pending entries first (with their delivery counts), then new."""
+        s = self.s
+        reply = self.client.xreadgroup(s.group, s.consumer, {s.stream: "0"}, count=s.batch_size)
+        entries = _entries(reply)
+        if entries:
+            counts = self._delivery_counts([e[0] for e in entries])
+            return [Job(i, f, counts.get(i, 1)) for i, f in entries]
+        block_s = min(
+            s.idle_timeout_s - (time.monotonic() - self.last_work),
+            s.deadline - time.time() - max(0.5, 1.5 * self.avg_job_s),
+        )
+        if block_s <= 0:
+            return []
+        reply = self.client.xreadgroup(
+            s.group,
+            s.consumer,
+            {s.stream: ">"},
+            count=s.batch_size,
+            block=max(1, int(block_s * 1000)),
+        )
+        return [Job(i, f, 1) for i, f in _entries(reply)]
+
+    def _delivery_counts(self, ids: Sequence[str]) -> dict[str, int]:
+        rows = self.client.xpending_range(
+            self.s.stream,
+            self.s.group,
+            min=ids[0],
+            max=ids[-1],
+            count=len(ids) * 2,
+            consumername=self.s.consumer,
+        )
+        return {_text(r["message_id"]): int(r["times_delivered"]) for r in rows}
+
+    def _process(self, jobs: list[Job]) -> None:
+        batch = Batch(self)
+        ready: list[Job] = []
+        for job in jobs:
+            if not job.fields:  # deleted from the stream while pending
+                batch.ack(job, None)
+            elif (problem := _decode(job)) is not None:
+                batch.dead(job, problem)
+            else:
+                ready.append(job)
+        batch.flush()
+        units = self._units(ready)
+        for i, (unit, suspect) in enumerate(units):
+            if i and (self.stopping or self._deadline_near()):
+                self._release()  # the rest goes back uncounted, via the spawner
+                break
+            if suspect:
+                self.client.set(keys.in_hand(self.s.consumer), " ".join(j.id for j in unit))
+            self._run_handler(unit, batch)
+            if suspect:
+                batch.flush(clear_in_hand=True)
+        batch.flush()
+
+    def _units(self, jobs: list[Job]) -> list[tuple[list[Job], bool]]:
+        """Suspects first, each marked in hand; then the fresh entries.
+
+        A suspect was delivered before (a retry, or recovered from a dead
+        worker). Running suspects under an in-hand marker lets the reaper
+        tell which entry a crash was running, so only that one is charged.
+        """
+        always = self.s.max_attempts == 1
+        suspects = [j for j in jobs if always or j.attempts > 1]
+        fresh = [j for j in jobs if not (always or j.attempts > 1)]
+        if self.one_at_a_time:
+            return [([j], True) for j in suspects] + [([j], False) for j in fresh]
+        return [(u, flag) for u, flag in ((suspects, True), (fresh, False)) if u]
+
+    def _release(self) -> None:
+        """Stopping with entries read but not started: none was attempted."""
+        self.client.set(keys.in_hand(self.s.consumer), "")
+
+    def _run_handler(self, jobs: list[Job], batch: Batch) -> None:
+        started = time.monotonic()
+        if self.heartbeat is not None:
+            self.heartbeat.working_on([j.id for j in jobs])
+        try:
+            results = self.handle_batch(jobs)
+        except Unavailable:
+            self._release()  # none of the deliveries this worker holds counts
+            raise
+        except PoisonJob as exc:
+            for job in jobs:
+                batch.dead(job, f"{type(exc).__name__}: {exc}")
+            return
+        except Exception as exc:
+            self._failed(jobs, exc, batch)
+            return
+        finally:
+            if self.heartbeat is not None:
+                self.heartbeat.working_on([])
+        elapsed = (time.monotonic() - started) / len(jobs)
+        self.avg_job_s = elapsed if not self.processed else 0.8 * self.avg_job_s + 0.2 * elapsed
+        for job, result in zip(jobs, results, strict=True):
+            batch.ack(job, result)
+
+    def _failed(self, jobs: list[Job], exc: Exception, batch: Batch) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        self.failed += len(jobs)
+        for job in jobs:
+            if job.attempts >= self.s.max_attempts:
+                batch.dead(job, error)
+            else:
+                logger.warning(
+                    f"{self.s.worker_id}: job {job.id} failed (attempt {job.attempts}/"
+                    f"{self.s.max_attempts}), will retry: {error}"
+                )
+        if any(job.attempts < self.s.max_attempts for job in jobs):
+            time.sleep(min(2.0, 0.05 * 2 ** max(j.attempts for j in jobs)))  # retry backoff
+
+
+class Batch:
+    """Acknowledgements, hand-offs and dead letters, flushed in one MULTI."""
+
+    def __init__(self, runtime: WorkerRuntime) -> None:
+        self.rt = runtime
+        self.s = runtime.s
+        self.acks: list[str] = []
+        self.forwards: list[dict[str, Any]] = []
+        self.dead_letters: list[dict[str, str]] = []
+        self.first_at = 0.0
+
+    def ack(self, job: Job, result: dict[str, Any] | None) -> None:
+        self._note()
+        self.acks.append(job.id)
+        if result is not None and self.s.then:
+            self.forwards.append(result)
+        self.rt.processed += 1
+        if time.monotonic() - self.first_at >= FLUSH_AFTER_S or self.rt.stopping:
+            self.flush()
+
+    def dead(self, job: Job, error: str) -> None:
+        self._note()
+        self.acks.append(job.id)
+        self.dead_letters.append(
+            {
+                **job.fields,
+                "error": error,
+                "attempts": str(job.attempts),
+                "failed_at": f"{time.time():.3f}",
+                "original_id": job.id,
+            }
+        )
+        logger.warning(f"{self.s.worker_id}: job {job.id} dead-lettered: {error}")
+
+    def _note(self) -> None:
+        if not self.acks:
+            self.first_at = time.monotonic()
+
+    def flush(self, clear_in_hand: bool = False) -> None:
+        if not self.acks and not clear_in_hand:
+            return
+        pipe = self.rt.client.pipeline(transaction=True)
+        if clear_in_hand:
+            pipe.delete(keys.in_hand(self.s.consumer))
+        for result in self.forwards:
+            pipe.xadd(self.s.then or "", {"payload": json.dumps(result, separators=(",", ":"))})
+        for fields in self.dead_letters:
+            pipe.xadd(keys.dead_stream(self.s.stream), fields)  # type: ignore[arg-type]
+        if self.acks:
+            pipe.xack(self.s.stream, self.s.group, *self.acks)
+        pipe.execute()
+        self.acks, self.forwards, self.dead_letters = [], [], []
+
+
+class Heartbeat:
+    """``orch:worker:<consumer>``: pid, client id, current jobs; TTL'd."""
+
+    def __init__(self, settings: Settings, client_id: int) -> None:
+        self.s = settings
+        self.client = redis.Redis.from_url(settings.redis_url, socket_timeout=5.0)
+        self.key = keys.worker_heartbeat(settings.consumer)
+        self.info: dict[str, Any] = {
+            "pid": os.getpid(),
+            "client_id": client_id,
+            "queue": settings.queue,
+            "worker_id": settings.worker_id,
+            "host": settings.host,
+            "started_at": time.time(),
+            "jobs": [],
+        }
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="orch-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self.beat()
+        self._thread.start()
+
+    def working_on(self, ids: list[str]) -> None:
+        self.info["jobs"] = ids
+
+    def beat(self) -> None:
+        self.info["at"] = time.time()
+        self.client.set(self.key, json.dumps(self.info), px=int(HEARTBEAT_TTL_S * 1000))
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_INTERVAL_S):
+            try:
+                self.beat()
+            except redis.RedisError:
+                continue  # the main loop notices outages; a beat can wait
+
+    def stop(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(redis.RedisError):
+            self.client.delete(self.key)
+        self.client.close()
+
+
+def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
+    out: list[tuple[str, dict[str, str]]] = []
+    items = reply.items() if isinstance(reply, dict) else (reply or [])
+    for item in items:
+        for entry_id, fields in item[1]:
+            out.append((_text(entry_id), {_text(k): _text(v) for k, v in (fields or {}).items()}))
+    return out
+
+
+def _decode(job: Job) -> str | None:
+    """Fill ``job.data``; the reason it can never be handled, if any."""
+    raw = job.fields.get("payload")
+    if raw is None:
+        job.data = dict(job.fields)
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        return f"invalid JSON payload: {exc}"
+    if not isinstance(data, dict):
+        return f"payload must be a JSON object, got {type(data).__name__}"
+    job.data = data
+    return None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _setup(settings: Settings) -> None:
+    """Die with the spawner; log lines name the worker."""
+    procs.die_with_parent(signal.SIGTERM)
+    if settings.spawner_pid is not None and os.getppid() != settings.spawner_pid:
+        raise SystemExit(f"{settings.worker_id}: spawner {settings.spawner_pid} is gone")
+    logger.remove()
+    logger.add(sys.stderr, format="{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {message}")
+
+
+def run_batch_worker(handle_batch: BatchHandler, settings: Settings | None = None) -> NoReturn:
+    """Serve ``handle_batch(jobs) -> results`` (same order); exit when done.
+
+    The batch is one attempt for each of its jobs: acknowledged together
+    after the handler returns, retried together if it raises.
+    """
+    s = settings or Settings.from_env()
+    _setup(s)
+    sys.exit(WorkerRuntime(s, handle_batch).run())
+
+
+def run_worker(handle: Handler, settings: Settings | None = None) -> NoReturn:
+    """Serve ``handle(job) -> result | None`` one job at a time; exit when done.
+
+    A failure fails only its own job; on SIGTERM the job in hand finishes
+    and the rest of the batch stays pending for the next worker.
+    """
+    s = settings or Settings.from_env()
+    _setup(s)
+    sys.exit(WorkerRuntime(s, per_job(handle), one_at_a_time=True).run())
+
+
+def per_job(handle: Handler) -> BatchHandler:
+    """A batch handler for units of one job."""
+
+    def handle_one(jobs: Sequence[Job]) -> list[dict[str, Any] | None]:
+        return [handle(job.data) for job in jobs]
+
+    return handle_one
