@@ -49,8 +49,9 @@ def config_option(func: F) -> F:
         "config_path",
         default="config/workers.yaml",
         show_default=True,
+        envvar="ORCH_CONFIG",
         type=click.Path(dir_okay=False),
-        help="The config file.",
+        help="The config file (env: ORCH_CONFIG).",
     )(func)
 
 
@@ -197,6 +198,15 @@ def reap(config_path: str, dry_run: bool) -> None:
         )
     if not results:
         click.echo("no dead consumers")
+
+
+@cli.command()
+@config_option
+def demo(config_path: str) -> None:
+    """The demo pipeline end to end (what 'make run' runs)."""
+    from orchestrator.demo import run_demo
+
+    sys.exit(run_demo(config_path))
 
 
 @cli.group()

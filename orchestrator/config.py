@@ -13,7 +13,7 @@ import os
 import socket
 import sys
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
@@ -151,7 +151,17 @@ def describe(config: Config) -> dict[str, Any]:
 
 
 def _section_dict(value: Any) -> Any:
-    return asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
+    """A section's dataclass as YAML keys (``timeout_s`` -> ``timeout``)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name.removesuffix("_s"): _section_dict(getattr(value, f.name))
+                for f in fields(value)}
+    if isinstance(value, StrEnum):
+        return value.value
+    if isinstance(value, Mapping):
+        return {k: _section_dict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_section_dict(v) for v in value]
+    return value
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:

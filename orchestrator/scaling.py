@@ -104,7 +104,7 @@ class Backoff:
 
 def cooling_slots(exit_times: Sequence[float], now: float, cooldown_s: float) -> int:
     """Slots whose worker exited less than ``cooldown_s`` ago."""
-    return sum(1 for t in exit_times if now - t < cooldown_s)
+    return sum(1 for t in exit_times if 0.0 <= now - t < cooldown_s)
 
 
 def split_idle(pending_by_consumer: Mapping[str, int], live_consumers: Sequence[str]) -> int:

@@ -12,8 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from orchestrator.announcements.settings import SECTION_PARSERS as ANNOUNCEMENT_SECTIONS
 from orchestrator.validate import Section
 
 Parser = Callable[[Section], Any]
 
-PARSERS: dict[str, Parser] = {}
+PARSERS: dict[str, Parser] = {
+    **ANNOUNCEMENT_SECTIONS,  # database, analysis, watchlists
+}

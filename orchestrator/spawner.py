@@ -142,8 +142,7 @@ class WorkerSpawner:
         """One pass of the loop: exits, deadlines, then a tick when due."""
         now = time.monotonic()
         self._check_workers(now)
-        if self.watch.ready():
-            self._collect_watch()
+        if self._watch_fired():
             self.next_tick = min(self.next_tick, now)
         if now >= self.next_tick and self.health.available(now):
             self.tick(now)
@@ -221,21 +220,26 @@ class WorkerSpawner:
             self.next_tick = max(self.next_tick, self.health.retry_at)
 
     def _probe(self) -> tuple[dict[str, QueueDepth], set[str]]:
-        pipe = self.client.pipeline(transaction=False)
+        """The tick's one round trip: depths, live hosts, our heartbeat."""
         if self.probe.sha is None:
             self.probe.load(self.client)
-        self.probe.queue_on(pipe)
-        pipe.zrangebyscore(keys.HOSTS, time.time(), "+inf")
-        publish(pipe, self.snapshot(), self.config.spawner.heartbeat_ttl_s)
         try:
-            reply, hosts, *_ = pipe.execute()
-        except redis.exceptions.NoScriptError:
-            self.probe.sha = None  # Redis restarted: load again next tick
-            raise redis.ConnectionError("probe script missing (Redis restarted?)") from None
+            reply, hosts = self._probe_pipeline()
+        except redis.exceptions.NoScriptError:  # Redis restarted: scripts are gone
+            self.probe.load(self.client)
+            reply, hosts = self._probe_pipeline()
         depths = self.probe.parse(reply) if self.probe.queues else {}
         for name, depth in depths.items():
             self.queues[name].depth = depth
         return depths, {h.decode() if isinstance(h, bytes) else str(h) for h in hosts}
+
+    def _probe_pipeline(self) -> tuple[Any, list[Any]]:
+        pipe = self.client.pipeline(transaction=False)
+        self.probe.queue_on(pipe)
+        pipe.zrangebyscore(keys.HOSTS, time.time(), "+inf")
+        publish(pipe, self.snapshot(), self.config.spawner.heartbeat_ttl_s)
+        reply, hosts, *_ = pipe.execute()
+        return reply, hosts
 
     def _reconcile(self, depths: dict[str, QueueDepth], live_hosts: set[str], now: float) -> None:
         own_live = self.fleet.consumers()
@@ -328,12 +332,17 @@ class WorkerSpawner:
                 positions[q.stream] = depth.last_id
         self.watch.arm(positions)
 
-    def _collect_watch(self) -> None:
+    def _watch_fired(self) -> bool:
+        """Did a watched stream get an entry? (Redis errors: not now.)"""
         try:
+            if not self.watch.ready():
+                return False
             self.watch.collect()
+            return True
         except REDIS_ERRORS as exc:
             self.watch.reset()
             self.health.failed(time.monotonic(), exc)
+            return False
 
     # -- starting and stopping workers --------------------------------------
 
@@ -458,7 +467,7 @@ class WorkerSpawner:
         leftovers = worker.kill_leftovers()
         self._log_exit(worker, status, q, runtime, leftovers)
         requested = worker.stop_reason is not None
-        self._record_exit(q, runtime, failed=not status.ok and not requested)
+        self._record_exit(q, runtime, failed=not status.ok and not requested, now=now)
         reason = self._death_reason(worker, status, q)
         if q.backend is Backend.STREAM:
             result = self._park(q, worker.lease.consumer, reason)
@@ -503,11 +512,13 @@ class WorkerSpawner:
             runtime_s=round(runtime, 3),
         )
 
-    def _record_exit(self, q: QueueConfig, runtime: float, failed: bool) -> None:
+    def _record_exit(
+        self, q: QueueConfig, runtime: float, failed: bool, now: float | None = None
+    ) -> None:
         state = self.queues.get(q.name)
         if state is None:
             return
-        now = time.monotonic()
+        now = time.monotonic() if now is None else now
         state.exits.append(now)
         before = state.backoff
         state.backoff = before.after_exit(

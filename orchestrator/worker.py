@@ -54,7 +54,9 @@ EX_FAILURE = 1
 EX_TEMPFAIL = 75  # sysexits.h: try again later
 
 Handler = Callable[[dict[str, Any]], "dict[str, Any] | None"]
-BatchHandler = Callable[[Sequence["Job"]], "Sequence[dict[str, Any] | None]"]
+# A batch handler returns one item per job, in order: a result to forward
+# (with ``then``), None, or an Exception that fails that job alone.
+BatchHandler = Callable[[Sequence["Job"]], "Sequence[dict[str, Any] | Exception | None]"]
 
 FLUSH_AFTER_S = 0.2  # results wait at most this long for their batch's ack
 HEARTBEAT_INTERVAL_S = 2.0
@@ -66,7 +68,12 @@ class Unavailable(Exception):
 
 
 class PoisonJob(Exception):
-    """The job can never succeed: dead-letter it now, whatever its attempts."""
+    """The job can never succeed: dead-letter it now, whatever its attempts.
+
+    Any exception with a true ``permanent`` attribute is treated the same.
+    """
+
+    permanent = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,10 +288,6 @@ class WorkerRuntime:
         except Unavailable:
             self._release()  # none of the deliveries this worker holds counts
             raise
-        except PoisonJob as exc:
-            for job in jobs:
-                batch.dead(job, f"{type(exc).__name__}: {exc}")
-            return
         except Exception as exc:
             self._failed(jobs, exc, batch)
             return
@@ -294,20 +297,30 @@ class WorkerRuntime:
         elapsed = (time.monotonic() - started) / len(jobs)
         self.avg_job_s = elapsed if not self.processed else 0.8 * self.avg_job_s + 0.2 * elapsed
         for job, result in zip(jobs, results, strict=True):
-            batch.ack(job, result)
+            if isinstance(result, Exception):  # a batch handler failing one item
+                self._failed([job], result, batch)
+            else:
+                batch.ack(job, result)
 
     def _failed(self, jobs: list[Job], exc: Exception, batch: Batch) -> None:
+        """A failed attempt; dead-lettered when it was the last, or permanent.
+
+        An exception with a true ``permanent`` attribute (``PoisonJob``, or
+        any error class of a handler's own that says so) can never succeed,
+        so its job goes to the dead-letter stream at once.
+        """
         error = f"{type(exc).__name__}: {exc}"
+        permanent = bool(getattr(exc, "permanent", False))
         self.failed += len(jobs)
         for job in jobs:
-            if job.attempts >= self.s.max_attempts:
+            if permanent or job.attempts >= self.s.max_attempts:
                 batch.dead(job, error)
             else:
                 logger.warning(
                     f"{self.s.worker_id}: job {job.id} failed (attempt {job.attempts}/"
                     f"{self.s.max_attempts}), will retry: {error}"
                 )
-        if any(job.attempts < self.s.max_attempts for job in jobs):
+        if not permanent and any(job.attempts < self.s.max_attempts for job in jobs):
             time.sleep(min(2.0, 0.05 * 2 ** max(j.attempts for j in jobs)))  # retry backoff
 
 

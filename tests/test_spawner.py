@@ -281,3 +281,34 @@ def test_no_zombies_while_workers_come_and_go(
 def _log_time(line: str) -> float:
     stamp = line.split(" | ")[0]
     return time.mktime(time.strptime(stamp[:19], "%Y-%m-%d %H:%M:%S")) + float(stamp[19:])
+
+
+def test_redis_outage_is_waited_out(tmp_path: Any, spawner_factory: Any) -> None:
+    from orchestrator.embedded import EmbeddedRedis
+
+    server = EmbeddedRedis().start()
+    try:
+        sp = spawner_factory(server.url, {"ai_processing": queue(SLEEPER, label="AI",
+                                                                 max_concurrent=2)},
+                             env={"SLEEP_S": "30"})
+        sp.start()
+        r = redis.Redis.from_url(server.url)
+        add_jobs(r, "ai_processing", 1)
+        sp.wait_log("Spawned worker", count=1)
+        worker_pid = sp.spawned()[0][2]
+        port = server.port
+        server.stop()
+        sp.wait_log("Redis unavailable")
+        time_down = time.monotonic()
+        wait_until(lambda: time.monotonic() - time_down > 2.5 and sp.lines("📊"), 10)
+        assert len(sp.lines("Redis unavailable")) == 1  # logged once per state change
+        assert pid_alive(worker_pid) and sp.proc is not None and sp.proc.poll() is None
+        server = EmbeddedRedis(port=port).start()
+        sp.wait_log("Redis reachable again", timeout_s=20)
+        r = redis.Redis.from_url(server.url)
+        add_jobs(r, "ai_processing", 2)
+        sp.wait_log("Spawned worker", count=2)
+        assert pid_alive(worker_pid)
+        assert sp.stop() == 0
+    finally:
+        server.stop()

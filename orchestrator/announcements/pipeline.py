@@ -1,0 +1,116 @@
+"""What each of the three worker programs does with its jobs.
+
+- AI worker (``ai_processing``): ``analyse_job(job, analyser, settings, root)``
+  returns the analysed record as a dict, for ``then: supabase_upload``.
+- Upload worker (``supabase_upload``, batch handler):
+  ``upload_batch(store, jobs)`` upserts the whole batch in one transaction.
+- Investor worker (``investor_processing``): ``notify_job(job, store,
+  watchlists)`` reads the stored announcement the job names and writes its
+  notifications; ``notify_all(store, watchlists)`` does every stored one.
+
+Errors: ``InvalidJob`` and ``TextExtractionError`` are permanent (the same
+job fails the same way); ``AnalysisError``, ``StoreError`` and ``NotStored``
+are failed attempts; ``DatabaseUnavailable`` means: acknowledge nothing and
+exit non-zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from orchestrator.announcements.analysers import Analyser
+from orchestrator.announcements.errors import InvalidJob, NotStored
+from orchestrator.announcements.model import AnalysedAnnouncement, Notification, utc_now
+from orchestrator.announcements.payloads import parse_job, parse_record
+from orchestrator.announcements.pdftext import announcement_text
+from orchestrator.announcements.settings import AnalysisSettings, Watchlist
+from orchestrator.announcements.store import Store
+from orchestrator.announcements.watchlists import notifications_for
+
+__all__ = ["NotifyOutcome", "analyse_job", "notify_all", "notify_job", "upload_batch"]
+
+Clock = Callable[[], datetime]
+
+
+def analyse_job(
+    job: object,
+    analyser: Analyser,
+    settings: AnalysisSettings,
+    root: Path,
+    now: Clock = utc_now,
+) -> dict[str, Any]:
+    """Validate the job, get its text (PDF or inline), analyse it: the record to forward."""
+    announcement = parse_job(job)
+    text = announcement_text(announcement, root, settings.max_pdf_pages, settings.max_text_chars)
+    analysis = analyser.analyse(announcement, text)
+    return AnalysedAnnouncement.build(announcement, analysis, now()).to_dict()
+
+
+def upload_batch(store: Store, jobs: Sequence[object]) -> int:
+    """Upsert a batch of analysed records in one transaction; how many distinct ids.
+
+    Every record is validated first: one invalid record fails the batch
+    (``InvalidJob`` naming its position) before anything is written.
+    """
+    rows: list[AnalysedAnnouncement] = []
+    for index, job in enumerate(jobs):
+        try:
+            rows.append(parse_record(job))
+        except InvalidJob as exc:
+            raise InvalidJob(f"batch item {index}: {exc.reason}") from exc
+    return store.upsert_announcements(rows)
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyOutcome:
+    """The notifications that matched, and how many of them were written just now."""
+
+    matched: tuple[Notification, ...]
+    written: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "written": self.written,
+            "matched": [[n.watchlist, n.announcement_id] for n in self.matched],
+        }
+
+
+def notify_job(
+    job: object, store: Store, watchlists: Iterable[Watchlist], now: Clock = utc_now
+) -> NotifyOutcome:
+    """Notifications for the stored announcement ``job["id"]`` names.
+
+    The job may be the analysed record itself or just ``{"id": ...}``: the
+    stored row is what is matched. ``NotStored`` when it is not stored yet.
+    """
+    ident = job.get("id") if isinstance(job, dict) else None
+    if isinstance(ident, int) and not isinstance(ident, bool):
+        ident = str(ident)
+    if not isinstance(ident, str) or not ident.strip():
+        raise InvalidJob(f"invalid investor job: id: must be a non-empty string, got {ident!r}")
+    stored = store.get_announcements([ident.strip()])
+    if not stored:
+        raise NotStored(f"announcement {ident!r} is not in the store yet")
+    return _notify(store, stored, watchlists, now)
+
+
+def notify_all(
+    store: Store, watchlists: Iterable[Watchlist], now: Clock = utc_now
+) -> NotifyOutcome:
+    """Match every stored announcement against the watchlists."""
+    return _notify(store, store.announcements(), watchlists, now)
+
+
+def _notify(
+    store: Store,
+    announcements: Sequence[AnalysedAnnouncement],
+    watchlists: Iterable[Watchlist],
+    now: Clock,
+) -> NotifyOutcome:
+    matched = notifications_for(announcements, watchlists, now())
+    written = store.insert_notifications(matched) if matched else 0
+    return NotifyOutcome(matched=tuple(matched), written=written)
