@@ -42,23 +42,33 @@ SPAWN_RE = re.compile(r"^(\S+ \S+) .*Spawned worker")
 
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def reaction_latency(url: str, workdir: Path) -> dict[str, Any]:
     config = {
         "redis": {"url": url},
         "spawner": {"poll_interval": 1.0, "status_interval": 3600, "host": "bench"},
-        "queues": {"jobs": {"script": str(ROOT / "bench" / "workers" / "stamp_worker.py"),
-                            "max_concurrent": 1, "cooldown": 0, "idle_timeout": 0.05}},
+        "queues": {
+            "jobs": {
+                "script": str(ROOT / "bench" / "workers" / "stamp_worker.py"),
+                "max_concurrent": 1,
+                "cooldown": 0,
+                "idle_timeout": 0.05,
+            }
+        },
     }
     path = workdir / "reaction.yaml"
     path.write_text(yaml.safe_dump(config))
     log_path = workdir / "reaction.log"
     r = redis.Redis.from_url(url)
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "run", "-c", str(path)],
-                                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", "run", "-c", str(path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
         try:
             try:
                 return _trials(r, proc, log_path)
@@ -74,7 +84,7 @@ def _trials(r: redis.Redis, proc: subprocess.Popen[bytes], log_path: Path) -> di
     _wait(lambda: b"Spawner on" in log_path.read_bytes())
     total, spawn_share = [], []
     for trial in range(TRIALS):
-        _wait(lambda: _idle(r, log_path, trial))
+        _wait(lambda t=trial: _idle(r, log_path, t))
         time.sleep(0.2)  # the worker is gone; let the system settle
         sent = time.time()
         r.xadd("jobs", {"payload": json.dumps({"id": trial})})
@@ -96,7 +106,9 @@ def _spawn_times(log_path: Path) -> list[float]:
         m = SPAWN_RE.match(line)
         if m:
             stamp = m.group(1)
-            out.append(time.mktime(time.strptime(stamp[:19], "%Y-%m-%d %H:%M:%S")) + float(stamp[19:]))
+            out.append(
+                time.mktime(time.strptime(stamp[:19], "%Y-%m-%d %H:%M:%S")) + float(stamp[19:])
+            )
     return out
 
 
@@ -115,13 +127,19 @@ class CountingConnection(Connection):
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         CountingConnection.sends += 1
-        super().send_packed_command(command, check_health)
+        super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
 
 
 def idle_cost(url: str, seconds: float = 20.0) -> dict[str, float]:
     queues = {f"queue_{i:02d}": {"command": ["true"], "max_concurrent": 2} for i in range(20)}
-    config = parse_config({"redis": {"url": url}, "spawner": {"host": "bench-idle",
-                           "status_interval": 3600}, "queues": queues}, env={})
+    config = parse_config(
+        {
+            "redis": {"url": url},
+            "spawner": {"host": "bench-idle", "status_interval": 3600},
+            "queues": queues,
+        },
+        env={},
+    )
     pool = redis.ConnectionPool.from_url(url, connection_class=CountingConnection)
     client = redis.Redis(connection_pool=pool)
     spawner = WorkerSpawner(config, client, events=Events())
@@ -140,8 +158,11 @@ def idle_cost(url: str, seconds: float = 20.0) -> dict[str, float]:
     cpu, wall = time.process_time() - cpu0, time.monotonic() - t0
     # the first tick also loads the script; the last withdraws the host
     extra = 2
-    return {"cpu_s_per_min": cpu / wall * 60, "ticks": ticks,
-            "round_trips_per_tick": (CountingConnection.sends - extra) / max(ticks, 1)}
+    return {
+        "cpu_s_per_min": cpu / wall * 60,
+        "ticks": ticks,
+        "round_trips_per_tick": (CountingConnection.sends - extra) / max(ticks, 1),
+    }
 
 
 def main() -> None:
@@ -155,10 +176,16 @@ def main() -> None:
     p50, p99 = percentile(lat["total"], 50), percentile(lat["total"], 99)
     s50, s99 = percentile(lat["spawn"], 50), percentile(lat["spawn"], 99)
     print(f"reaction latency over {TRIALS} trials, poll_interval {poll:.1f}s:")
-    print(f"  XADD -> handler:  p50 {p50 * 1000:6.1f} ms  p99 {p99 * 1000:6.1f} ms"
-          f"   p50/poll_interval = {p50 / poll:.3f}   (target p50 < {poll / 2 + 0.25:.2f}s)")
-    print(f"  XADD -> spawned:  p50 {s50 * 1000:6.1f} ms  p99 {s99 * 1000:6.1f} ms"
-          f"   (the spawner's share: {s50 / p50:.1%} of p50; the rest is worker start-up)")
+    print(
+        f"  XADD -> handler:  p50 {p50 * 1000:6.1f} ms  p99 {p99 * 1000:6.1f} ms"
+        f"   p50/poll_interval = {p50 / poll:.3f}   (target p50 < {poll / 2 + 0.25:.2f}s)"
+    )
+    print(
+        f"  XADD -> spawned:  p50 {s50 * 1000:6.1f} ms  p99 {s99 * 1000:6.1f} ms"
+        f"   (the spawner's share: {s50 / p50:.1%} of p50; the rest is worker start-up)"
+    )
     print(f"  mean {statistics.mean(lat['total']) * 1000:.1f} ms")
-    print(f"idle spawner, 20 queues: {cost['cpu_s_per_min']:.2f} CPU s per minute, "
-          f"{cost['round_trips_per_tick']:.2f} Redis round trips per tick over {cost['ticks']} ticks")
+    print(
+        f"idle spawner, 20 queues: {cost['cpu_s_per_min']:.2f} CPU s per minute, "
+        f"{cost['round_trips_per_tick']:.2f} Redis round trips per tick over {cost['ticks']} ticks"
+    )

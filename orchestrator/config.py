@@ -153,8 +153,9 @@ def describe(config: Config) -> dict[str, Any]:
 def _section_dict(value: Any) -> Any:
     """A section's dataclass as YAML keys (``timeout_s`` -> ``timeout``)."""
     if is_dataclass(value) and not isinstance(value, type):
-        return {f.name.removesuffix("_s"): _section_dict(getattr(value, f.name))
-                for f in fields(value)}
+        return {
+            f.name.removesuffix("_s"): _section_dict(getattr(value, f.name)) for f in fields(value)
+        }
     if isinstance(value, StrEnum):
         return value.value
     if isinstance(value, Mapping):
@@ -263,8 +264,11 @@ def _parse_queues(s: Section, root: Path) -> dict[str, QueueConfig]:
 
 def _parse_queue(name: str, s: Section, root: Path) -> QueueConfig | None:
     d = QueueConfig(name=name, label=name, argv=())
-    argv = _parse_program(s, root)
     backend = Backend(s.string("backend", d.backend.value, choices=[b.value for b in Backend]))
+    if backend is Backend.RQ and not s.has("script") and not s.has("command"):
+        argv: tuple[str, ...] = (sys.executable, "-m", "orchestrator.rq_backend")
+    else:
+        argv = _parse_program(s, root)
     env = s.raw("env", {})
     if not isinstance(env, Mapping) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in env.items()

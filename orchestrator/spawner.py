@@ -81,7 +81,7 @@ class WorkerSpawner:
         self.health = RedisHealth(self.events, config.redis_url)
         self.started_at = time.time()
         self.stopping = False
-        self.deferred_parks: list[tuple[QueueConfig, str, str]] = []
+        self.deferred_recoveries: list[tuple[QueueConfig, str, str]] = []
         self.next_tick = 0.0
         self.next_status = 0.0
         self.next_sweep = 0.0
@@ -207,7 +207,7 @@ class WorkerSpawner:
         """Probe, decide, act. Redis errors are waited out, never raised."""
         self.next_tick = now + self.config.spawner.poll_interval_s
         try:
-            self._retry_deferred_parks()
+            self._retry_deferred_recoveries()
             depths, live_hosts = self._probe()
             self.health.succeeded(time.monotonic())
             self._reconcile(depths, live_hosts, now)
@@ -248,8 +248,7 @@ class WorkerSpawner:
             state.parked = depth.pending_by_consumer.get(PARKING_CONSUMER, 0)
             for consumer, n in depth.pending_by_consumer.items():
                 if n and classify(consumer, self.host, own_live, live_hosts) is Liveness.DEAD:
-                    result = self._park(state.config, consumer, "worker lost (consumer gone)")
-                    state.parked += result.parked if result else 0
+                    state.parked += self._recover(state.config, consumer, "worker lost")
         self.memory_ok = self._memory_ok()
         self._enforce_worker_memory()
         if not self.stopping:
@@ -407,6 +406,7 @@ class WorkerSpawner:
                 "ORCH_HOST": self.host,
                 "ORCH_SPAWNER_PID": str(os.getpid()),
                 "ORCH_CONFIG": str(self.config.path or ""),
+                "ORCH_RQ_SERIALIZER": queue.serializer,
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -469,10 +469,9 @@ class WorkerSpawner:
         requested = worker.stop_reason is not None
         self._record_exit(q, runtime, failed=not status.ok and not requested, now=now)
         reason = self._death_reason(worker, status, q)
-        if q.backend is Backend.STREAM:
-            result = self._park(q, worker.lease.consumer, reason)
-            if result is not None and result.parked and q.name in self.queues:
-                self.queues[q.name].stranded = True
+        stranded = self._recover(q, worker.lease.consumer, reason)
+        if stranded and q.name in self.queues:
+            self.queues[q.name].stranded = True
         self._drop_lease(worker.worker_id)
         self.next_tick = min(self.next_tick, now)
 
@@ -539,20 +538,29 @@ class WorkerSpawner:
                 streak=state.backoff.streak,
             )
 
-    def _park(self, q: QueueConfig, consumer: str, reason: str) -> Any:
-        """Park a gone consumer's entries; deferred while Redis is down."""
+    def _recover(self, q: QueueConfig, consumer: str, reason: str) -> int:
+        """Give a gone worker's work back; deferred while Redis is down.
+
+        Returns how many entries (jobs) it held that will run again.
+        """
         try:
-            result = self.reaper.park(q, consumer, reason)
+            if q.backend is Backend.RQ:
+                return self._recover_rq(q, consumer, reason)
+            return self._park(q, consumer, reason)
         except REDIS_ERRORS as exc:
-            self.deferred_parks.append((q, consumer, reason))
+            self.deferred_recoveries.append((q, consumer, reason))
             self.health.failed(time.monotonic(), exc)
-            return None
+            return 0
+
+    def _park(self, q: QueueConfig, consumer: str, reason: str) -> int:
+        result = self.reaper.park(q, consumer, reason)
+        worker_id = keys.consumer_worker_id(consumer)
         if result.parked:
             self.events.info(
                 "parked",
                 "♻️",
-                f"Recovered {result.parked} entr{'y' if result.parked == 1 else 'ies'} of "
-                f"{keys.consumer_worker_id(consumer)} for {q.label}: they go to the next worker",
+                f"Recovered {_entries(result.parked)} of {worker_id} for {q.label}: "
+                "they go to the next worker",
                 queue=q.name,
                 consumer=consumer,
                 count=result.parked,
@@ -561,20 +569,46 @@ class WorkerSpawner:
             self.events.warning(
                 "dead_letter",
                 "☠️",
-                f"Dead-lettered {result.dead_lettered} entr"
-                f"{'y' if result.dead_lettered == 1 else 'ies'} of {q.label} to {q.dead_stream} "
-                f"after {q.max_attempts} attempts: {reason}",
+                f"Dead-lettered {_entries(result.dead_lettered)} of {q.label} to "
+                f"{q.dead_stream} after {q.max_attempts} attempts: {reason}",
                 queue=q.name,
                 consumer=consumer,
                 count=result.dead_lettered,
             )
-        return result
+        return result.parked
 
-    def _retry_deferred_parks(self) -> None:
-        while self.deferred_parks:
-            q, consumer, reason = self.deferred_parks[0]
-            self.reaper.park(q, consumer, reason)  # raises while Redis is still down
-            self.deferred_parks.pop(0)
+    def _recover_rq(self, q: QueueConfig, consumer: str, reason: str) -> int:
+        from orchestrator.rq_backend import recover_worker
+
+        result = recover_worker(self.client, q.name, consumer, reason, q.serializer)
+        if result.requeued:
+            self.events.info(
+                "requeued",
+                "♻️",
+                f"Requeued {result.requeued} RQ job(s) of "
+                f"{keys.consumer_worker_id(consumer)} for {q.label} ({reason})",
+                queue=q.name,
+                consumer=consumer,
+                count=result.requeued,
+            )
+        if result.failed:
+            self.events.warning(
+                "dead_letter",
+                "☠️",
+                f"{result.failed} RQ job(s) of {q.label} failed after "
+                f"{q.max_attempts} attempts: {reason}",
+                queue=q.name,
+                count=result.failed,
+            )
+        return result.requeued
+
+    def _retry_deferred_recoveries(self) -> None:
+        todo, self.deferred_recoveries = self.deferred_recoveries, []
+        for i, (q, consumer, reason) in enumerate(todo):
+            self._recover(q, consumer, reason)  # re-defers itself while Redis is down
+            if self.deferred_recoveries:
+                self.deferred_recoveries.extend(todo[i + 1 :])
+                return
 
     def _drop_lease(self, worker_id: str) -> None:
         # A stale lease is harmless: the next start sees its pid gone.
@@ -647,8 +681,8 @@ class WorkerSpawner:
                     queue=q.name,
                 )
                 continue
-            if q is not None and q.backend is Backend.STREAM:
-                self._park(q, lease.consumer, "worker lost: spawner restarted")
+            if q is not None:
+                self._recover(q, lease.consumer, "worker lost: spawner restarted")
             self.client.hdel(keys.leases(self.host), worker_id)
 
     def _sweep(self, live_hosts: set[str]) -> None:
@@ -767,6 +801,10 @@ class WorkerSpawner:
                     f"{self.config.spawner.max_memory_percent:g}: not spawning",
                 )
         return ok
+
+
+def _entries(n: int) -> str:
+    return f"{n} entr{'y' if n == 1 else 'ies'}"
 
 
 def _client_id(raw: Any) -> int | None:

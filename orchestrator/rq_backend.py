@@ -1,0 +1,121 @@
+"""RQ queues: RQ's own worker under the spawner, and prompt recovery.
+
+Producers enqueue with RQ's API (``rq.Queue(name, serializer=...)``); for a
+queue with ``backend: rq`` the spawner starts ``python -m
+orchestrator.rq_backend``, which runs RQ's ``Worker`` (fork per job, RQ's
+own job timeouts) until the queue has been idle for ``idle_timeout``.
+
+Attempts: a job enqueued without ``Retry`` gets ``max_attempts - 1``
+retries when it first starts, so RQ's own retry logic applies our limit to
+exceptions. When a spawned RQ worker dies (crash, SIGKILL, ``max_runtime``),
+RQ would find its job only when the job's heartbeat expires (its
+abandoned-job maintenance: minutes). The spawner knows at once, so
+``recover_worker`` marks that worker's executions expired and runs RQ's own
+``StartedJobRegistry.cleanup`` for exactly them: the job is retried if it
+has retries left, else moved to the ``FailedJobRegistry`` (our dead
+letters for RQ queues), with the reason kept in ``job.meta``.
+
+Serialisation is JSON by default. ``serializer: pickle`` lets jobs carry
+any Python object, and also lets anyone who can write to Redis run code in
+your workers: use it only on a Redis you trust completely.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from rq import Queue, Worker
+from rq.job import Job
+from rq.registry import FailedJobRegistry, StartedJobRegistry
+from rq.serializers import DefaultSerializer, JSONSerializer
+
+from orchestrator import procs
+
+REASON_META = "orch_error"
+
+
+def serializer_for(name: str) -> Any:
+    return DefaultSerializer if name == "pickle" else JSONSerializer
+
+
+class OrchestratedWorker(Worker):
+    """RQ's worker, with our ``max_attempts`` as the default retry count."""
+
+    max_attempts = 3
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        if job.retries_left is None and self.max_attempts > 1:
+            job.retries_left = self.max_attempts - 1
+            job.retry_intervals = [0]
+            job.save()
+        super().prepare_job_execution(job, remove_from_intermediate_queue)
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverResult:
+    requeued: int
+    failed: int
+
+
+def recover_worker(
+    client: redis.Redis, queue_name: str, worker_name: str, reason: str, serializer: str
+) -> RecoverResult:
+    """Hand a dead RQ worker's started jobs to RQ's abandoned-job logic now."""
+    ser = serializer_for(serializer)
+    registry = StartedJobRegistry(queue_name, connection=client, serializer=ser)
+    executions_key = f"rq:worker:{worker_name}:executions"
+    composites = [_text(c) for c in client.smembers(executions_key)]
+    mine = [c for c in composites if client.zscore(registry.key, c) is not None]
+    for composite in mine:
+        job_id = composite.rsplit(":", 1)[0]
+        try:
+            job = Job.fetch(job_id, connection=client, serializer=ser)
+        except Exception:
+            continue
+        job.meta[REASON_META] = reason
+        job.save_meta()  # type: ignore[no-untyped-call]
+        client.zadd(registry.key, {composite: 0}, xx=True)
+    failed = FailedJobRegistry(queue_name, connection=client, serializer=ser)
+    failed_before = failed.count
+    if mine:
+        registry.cleanup(timestamp=1)  # only the entries just marked expire so early
+    _forget_worker(client, worker_name, queue_name)
+    gone_to_failed = failed.count - failed_before
+    return RecoverResult(requeued=len(mine) - gone_to_failed, failed=gone_to_failed)
+
+
+def _forget_worker(client: redis.Redis, worker_name: str, queue_name: str) -> None:
+    pipe = client.pipeline(transaction=True)
+    pipe.delete(f"rq:worker:{worker_name}", f"rq:worker:{worker_name}:executions")
+    pipe.srem("rq:workers", f"rq:worker:{worker_name}")
+    pipe.srem(f"rq:workers:{queue_name}", f"rq:worker:{worker_name}")
+    pipe.execute()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def main() -> int:
+    """``python -m orchestrator.rq_backend``: one RQ worker, as the spawner set it up."""
+    env = os.environ
+    procs.die_with_parent()
+    client = redis.Redis.from_url(env["ORCH_REDIS_URL"])
+    serializer = serializer_for(env.get("ORCH_RQ_SERIALIZER", "json"))
+    queue = Queue(env["ORCH_QUEUE"], connection=client, serializer=serializer)
+    OrchestratedWorker.max_attempts = int(env.get("ORCH_MAX_ATTEMPTS", "3"))
+    worker = OrchestratedWorker(
+        [queue], name=env.get("ORCH_CONSUMER"), connection=client, serializer=serializer
+    )
+    idle_s = float(env.get("ORCH_IDLE_TIMEOUT", "5"))
+    worker.work(burst=idle_s <= 0, max_idle_time=max(1, math.ceil(idle_s)), logging_level="INFO")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
