@@ -15,4 +15,6 @@ module that needs it is imported.
 - ``watchlists``: matching analysed announcements against watchlists.
 - ``pipeline``: one function per worker (analyse, upload, notify).
 - ``report``: the demo's read-back of the store.
+- ``handlers``: the three workers' handlers bound to their config (what
+  ``workers/ephemeral_*.py`` serve on the worker runtime).
 """

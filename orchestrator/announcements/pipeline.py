@@ -3,10 +3,14 @@
 - AI worker (``ai_processing``): ``analyse_job(job, analyser, settings, root)``
   returns the analysed record as a dict, for ``then: supabase_upload``.
 - Upload worker (``supabase_upload``, batch handler):
-  ``upload_batch(store, jobs)`` upserts the whole batch in one transaction.
-- Investor worker (``investor_processing``): ``notify_job(job, store,
-  watchlists)`` reads the stored announcement the job names and writes its
-  notifications; ``notify_all(store, watchlists)`` does every stored one.
+  ``upload_records(store, jobs)`` validates each record on its own and
+  upserts the valid ones in one transaction; per job, the stored id or the
+  error that fails that job alone. ``upload_batch(store, jobs)`` is the
+  all-or-nothing form (one invalid record fails the batch).
+- Investor worker (``investor_processing``): ``notify_batch(jobs, store,
+  watchlists)`` reads the stored announcements the jobs name and writes
+  their notifications in one transaction; ``notify_job`` does one job,
+  ``notify_all(store, watchlists)`` every stored announcement.
 
 Errors: ``InvalidJob`` and ``TextExtractionError`` are permanent (the same
 job fails the same way); ``AnalysisError``, ``StoreError`` and ``NotStored``
@@ -23,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.announcements.analysers import Analyser
-from orchestrator.announcements.errors import InvalidJob, NotStored
+from orchestrator.announcements.errors import AnnouncementError, InvalidJob, NotStored, StoreError
 from orchestrator.announcements.model import AnalysedAnnouncement, Notification, utc_now
 from orchestrator.announcements.payloads import parse_job, parse_record
 from orchestrator.announcements.pdftext import announcement_text
@@ -31,7 +35,15 @@ from orchestrator.announcements.settings import AnalysisSettings, Watchlist
 from orchestrator.announcements.store import Store
 from orchestrator.announcements.watchlists import notifications_for
 
-__all__ = ["NotifyOutcome", "analyse_job", "notify_all", "notify_job", "upload_batch"]
+__all__ = [
+    "NotifyOutcome",
+    "analyse_job",
+    "notify_all",
+    "notify_batch",
+    "notify_job",
+    "upload_batch",
+    "upload_records",
+]
 
 Clock = Callable[[], datetime]
 
@@ -65,6 +77,37 @@ def upload_batch(store: Store, jobs: Sequence[object]) -> int:
     return store.upsert_announcements(rows)
 
 
+def upload_records(store: Store, jobs: Sequence[object]) -> list[str | AnnouncementError]:
+    """Upsert the valid records of a batch in one transaction; per job, its id or its error.
+
+    An invalid record gets its ``InvalidJob`` and the others are written. If
+    the database refuses the batch (``StoreError``), each record is written
+    in a transaction of its own, so only the refused ones get the error.
+    ``DatabaseUnavailable`` propagates: nothing was written.
+    """
+    outcomes: list[str | AnnouncementError] = []
+    rows: dict[int, AnalysedAnnouncement] = {}
+    for index, job in enumerate(jobs):
+        try:
+            rows[index] = parse_record(job)
+        except InvalidJob as exc:
+            outcomes.append(exc)
+            continue
+        outcomes.append(rows[index].id)
+    try:
+        store.upsert_announcements(list(rows.values()))
+    except StoreError as exc:
+        if len(rows) == 1:
+            outcomes[next(iter(rows))] = exc
+            return outcomes
+        for index, row in rows.items():
+            try:
+                store.upsert_announcements([row])
+            except StoreError as one:
+                outcomes[index] = one
+    return outcomes
+
+
 @dataclass(frozen=True, slots=True)
 class NotifyOutcome:
     """The notifications that matched, and how many of them were written just now."""
@@ -87,15 +130,43 @@ def notify_job(
     The job may be the analysed record itself or just ``{"id": ...}``: the
     stored row is what is matched. ``NotStored`` when it is not stored yet.
     """
-    ident = job.get("id") if isinstance(job, dict) else None
-    if isinstance(ident, int) and not isinstance(ident, bool):
-        ident = str(ident)
-    if not isinstance(ident, str) or not ident.strip():
-        raise InvalidJob(f"invalid investor job: id: must be a non-empty string, got {ident!r}")
-    stored = store.get_announcements([ident.strip()])
+    ident = _announcement_id(job)
+    stored = store.get_announcements([ident])
     if not stored:
         raise NotStored(f"announcement {ident!r} is not in the store yet")
     return _notify(store, stored, watchlists, now)
+
+
+def notify_batch(
+    jobs: Sequence[object], store: Store, watchlists: Iterable[Watchlist], now: Clock = utc_now
+) -> list[NotifyOutcome | AnnouncementError]:
+    """``notify_job`` for a batch: one read, one write transaction; per job, its outcome.
+
+    A job without a usable id gets ``InvalidJob``, one whose announcement is
+    not stored ``NotStored``; the others' notifications are written together
+    (``written`` is the batch's count of new rows, on every job's outcome).
+    """
+    idents: list[str | AnnouncementError] = []
+    for job in jobs:
+        try:
+            idents.append(_announcement_id(job))
+        except InvalidJob as exc:
+            idents.append(exc)
+    wanted = sorted({i for i in idents if isinstance(i, str)})
+    stored = {a.id: a for a in store.get_announcements(wanted)}
+    batch = _notify(store, list(stored.values()), watchlists, now)
+    by_id: dict[str, list[Notification]] = {}
+    for n in batch.matched:
+        by_id.setdefault(n.announcement_id, []).append(n)
+    outcomes: list[NotifyOutcome | AnnouncementError] = []
+    for ident in idents:
+        if isinstance(ident, AnnouncementError):
+            outcomes.append(ident)
+        elif ident not in stored:
+            outcomes.append(NotStored(f"announcement {ident!r} is not in the store yet"))
+        else:
+            outcomes.append(NotifyOutcome(tuple(by_id.get(ident, ())), batch.written))
+    return outcomes
 
 
 def notify_all(
@@ -103,6 +174,15 @@ def notify_all(
 ) -> NotifyOutcome:
     """Match every stored announcement against the watchlists."""
     return _notify(store, store.announcements(), watchlists, now)
+
+
+def _announcement_id(job: object) -> str:
+    ident = job.get("id") if isinstance(job, dict) else None
+    if isinstance(ident, int) and not isinstance(ident, bool):
+        ident = str(ident)
+    if not isinstance(ident, str) or not ident.strip():
+        raise InvalidJob(f"invalid investor job: id: must be a non-empty string, got {ident!r}")
+    return ident.strip()
 
 
 def _notify(

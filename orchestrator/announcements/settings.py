@@ -6,7 +6,9 @@ unknown keys are refused. A section that is absent parses to the defaults,
 which run the demo: SQLite under ``var/``, the offline analyser, no
 watchlists. Imports nothing heavy (see ``orchestrator.sections``).
 Nothing here reads the environment: the HTTP analyser reads the variable
-named by ``analysis.http.api_key_env`` when it is built.
+named by ``analysis.http.api_key_env`` when it is built, and
+``database_with_env`` applies ``ORCH_DATABASE_URL`` / ``ORCH_DATABASE_SCHEMA``
+from the mapping its caller (a worker or the demo, at start) passes in.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from types import MappingProxyType
 from typing import Any
 
 from orchestrator.announcements.model import CATEGORY_NAMES, Category
-from orchestrator.validate import Section
+from orchestrator.validate import Problems, Section
 
 __all__ = [
     "SECTION_PARSERS",
@@ -29,10 +31,14 @@ __all__ = [
     "HttpAnalyserSettings",
     "Watchlist",
     "WatchlistsSettings",
+    "database_with_env",
     "parse_analysis",
     "parse_database",
     "parse_watchlists",
 ]
+
+DATABASE_URL_ENV = "ORCH_DATABASE_URL"  # overrides database.url (secrets stay out of the file)
+DATABASE_SCHEMA_ENV = "ORCH_DATABASE_SCHEMA"  # overrides database.schema
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DB_SCHEMES = ("postgresql://", "postgres://", "sqlite:///")
@@ -120,6 +126,24 @@ def parse_database(s: Section) -> DatabaseSettings:
     )
     s.done()
     return cfg
+
+
+def database_with_env(settings: DatabaseSettings, env: Mapping[str, str]) -> DatabaseSettings:
+    """``settings`` with ``ORCH_DATABASE_URL`` / ``ORCH_DATABASE_SCHEMA`` from ``env`` applied.
+
+    Called when a worker or the demo starts, with the environment passed in
+    (never at import time); the values are checked as the config's are, and
+    a bad one raises ``ConfigError`` naming the variable.
+    """
+    url = env.get(DATABASE_URL_ENV) or settings.url
+    schema = env.get(DATABASE_SCHEMA_ENV) or settings.schema
+    if (url, schema) == (settings.url, settings.schema):
+        return settings
+    problems = Problems()
+    raw = {"url": url, "schema": schema, "timeout": settings.timeout_s}
+    parsed = parse_database(Section(raw, f"database (env {DATABASE_URL_ENV})", problems))
+    problems.raise_if_any()
+    return parsed
 
 
 def parse_analysis(s: Section) -> AnalysisSettings:
