@@ -62,6 +62,8 @@ class SpawnerConfig:
     heartbeat_ttl_s: float = 15.0
     crash_window_s: float = 5.0
     crash_backoff_max_s: float = 300.0
+    fork_server: bool = True
+    preload: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +237,8 @@ def _parse_spawner(s: Section) -> SpawnerConfig:
         heartbeat_ttl_s=s.number("heartbeat_ttl", d.heartbeat_ttl_s, min=1),
         crash_window_s=s.number("crash_window", d.crash_window_s, min=0),
         crash_backoff_max_s=s.number("crash_backoff_max", d.crash_backoff_max_s, min=1),
+        fork_server=s.boolean("fork_server", d.fork_server),
+        preload=s.string_list("preload", d.preload),
     )
     s.done()
     return cfg

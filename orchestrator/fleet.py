@@ -61,8 +61,9 @@ class Lease:
 @dataclass
 class Worker:
     lease: Lease
-    popen: subprocess.Popen[bytes] | None  # None when adopted
+    popen: subprocess.Popen[bytes] | None  # None when forked by the zygote, or adopted
     started_mono: float
+    child: bool = True  # ours to reap (started by us, or re-parented to us)
     stop_reason: StopReason | None = None
     kill_at: float | None = None  # monotonic: SIGKILL the tree after this
     tree: dict[int, psutil.Process] = field(default_factory=dict)
@@ -106,7 +107,7 @@ class Worker:
 
     def poll(self) -> ExitStatus | None:
         """Reap the worker if it has exited (never blocks)."""
-        if self.popen is None:
+        if not self.child:  # adopted: not ours to wait for
             return None if self.lease.process_alive() else ExitStatus(code=None, signal=None)
         try:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
@@ -115,9 +116,10 @@ class Worker:
         if pid == 0:
             return None
         exit_status = ExitStatus.from_wait_status(status)
-        self.popen.returncode = (
-            exit_status.code if exit_status.code is not None else -(exit_status.signal or 0)
-        )
+        if self.popen is not None:  # so subprocess never reaps (or warns) later
+            self.popen.returncode = (
+                exit_status.code if exit_status.code is not None else -(exit_status.signal or 0)
+            )
         return exit_status
 
     def kill_leftovers(self) -> int:
@@ -172,3 +174,43 @@ class Fleet:
             worker_id = f"{base}_{n}"
         self._issued[worker_id] = now
         return worker_id
+
+
+def stop_text(
+    worker: Worker, reason: StopReason, max_runtime_s: float, max_memory_mb: int | None
+) -> str:
+    """Why the spawner stopped a worker, for log lines and dead letters."""
+    if reason is StopReason.MAX_RUNTIME:
+        return f"max_runtime {max_runtime_s:g}s exceeded"
+    if reason is StopReason.MEMORY:
+        rss_mb = procs.tree_rss_bytes(worker.pid) / 2**20
+        return f"memory {rss_mb:.0f} MB > max_memory_mb {max_memory_mb}"
+    return reason.value
+
+
+def death_reason(worker: Worker, status: ExitStatus, stopped_because: str) -> str:
+    """The ``error`` of entries dead-lettered because this worker died."""
+    if worker.stop_reason in (StopReason.MAX_RUNTIME, StopReason.MEMORY):
+        return f"worker stopped: {stopped_because}"
+    if status.signal is not None:
+        return f"worker died: signal {status.signal}"
+    if status.code is None:
+        return "worker lost"
+    return f"worker exited: code {status.code}"
+
+
+def exit_text(
+    worker: Worker, status: ExitStatus, label: str, runtime_s: float, leftovers: int, total: int
+) -> tuple[str, str]:
+    """The pictograph and line for a worker's exit."""
+    if status.signal is not None:
+        how = f"killed by {status.describe()}"
+    elif status.code is None:
+        how = "gone"
+    else:
+        how = f"exited with {status.describe()}"
+    why = f", stopped for {worker.stop_reason.value}" if worker.stop_reason else ""
+    extra = f", killed {leftovers} leftover process(es)" if leftovers else ""
+    ok = status.ok or worker.stop_reason is StopReason.SHUTDOWN
+    text = f"Worker {worker.worker_id} for {label} {how} after {runtime_s:.1f}s{why}{extra} "
+    return ("🏁" if ok else "💀"), text + f"(Total: {total})"

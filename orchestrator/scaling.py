@@ -91,11 +91,17 @@ class Backoff:
         base_s: float = 1.0,
         max_s: float = 300.0,
     ) -> Backoff:
-        """The state after a worker exit: quick failures double the wait."""
+        """The state after a worker exit: quick failures double the wait.
+
+        One quick failure is not yet a loop (a young worker killed by the
+        OOM killer or an operator): its replacement starts at once, so the
+        work it held runs again without delay. From the second in a row the
+        wait is base_s, then doubles up to max_s.
+        """
         if not failed or runtime_s >= window_s:
             return Backoff()
         streak = self.streak + 1
-        delay = min(max_s, base_s * 2 ** (streak - 1))
+        delay = 0.0 if streak == 1 else min(max_s, base_s * 2 ** (streak - 2))
         return Backoff(streak=streak, until=now + delay)
 
     def delay_s(self, now: float) -> float:

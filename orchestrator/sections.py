@@ -13,10 +13,12 @@ from collections.abc import Callable
 from typing import Any
 
 from orchestrator.announcements.settings import SECTION_PARSERS as ANNOUNCEMENT_SECTIONS
+from orchestrator.scanner.settings import parse_scanner_settings
 from orchestrator.validate import Section
 
 Parser = Callable[[Section], Any]
 
 PARSERS: dict[str, Parser] = {
     **ANNOUNCEMENT_SECTIONS,  # database, analysis, watchlists
+    "scanner": parse_scanner_settings,
 }

@@ -17,28 +17,37 @@ arrives: reaped, logged, their pending entries parked for the next worker.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import signal
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psutil
 import redis
-from loguru import logger
 
 from orchestrator import keys, procs, scaling
 from orchestrator.config import Backend, Config, ConfigError, QueueConfig, load_config
 from orchestrator.connections import REDIS_ERRORS, RedisHealth, connect
-from orchestrator.fleet import Fleet, Lease, StopReason, Worker
+from orchestrator.fleet import Fleet, Lease, StopReason, Worker, death_reason, exit_text, stop_text
+from orchestrator.launcher import Launcher, worker_env
 from orchestrator.logs import Events
 from orchestrator.procs import ExitStatus
 from orchestrator.queues import DepthProbe, QueueDepth, StreamWatch
-from orchestrator.reaper import PARKING_CONSUMER, Liveness, Reaper, classify, split_shares
-from orchestrator.status import HostStatus, QueueStatus, WorkerStatus, publish, status_line
+from orchestrator.reaper import PARKING_CONSUMER, Liveness, classify, split_shares
+from orchestrator.recovery import Recovery
+from orchestrator.status import (
+    HostStatus,
+    QueueStatus,
+    WorkerStatus,
+    publish,
+    status_line,
+    withdraw,
+)
 
 SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 MIN_TICK_INTERVAL_S = 0.005
@@ -73,15 +82,14 @@ class WorkerSpawner:
         self.host = config.spawner.host
         self.client = client or connect(config.redis_url, name=f"orch-spawner:{self.host}")
         self.events = events or Events()
-        self.subreaper = subreaper
         self.fleet = Fleet()
         self.queues: dict[str, QueueState] = {}
-        self.reaper = Reaper(self.client)
         self.watch = StreamWatch(self.client)
         self.health = RedisHealth(self.events, config.redis_url)
+        self.recovery = Recovery(self.client, self.events, self.health)
+        self.launcher = Launcher(self.events, subreaper)
         self.started_at = time.time()
         self.stopping = False
-        self.deferred_recoveries: list[tuple[QueueConfig, str, str]] = []
         self.next_tick = 0.0
         self.next_status = 0.0
         self.next_sweep = 0.0
@@ -123,8 +131,7 @@ class WorkerSpawner:
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the process exit code (0)."""
-        if self.subreaper:
-            procs.set_subreaper()
+        self.launcher.open(self.config.spawner.fork_server, self.config.spawner.preload)
         wakeup = procs.SignalWakeup(SIGNALS)
         wakeup.install()
         try:
@@ -207,12 +214,12 @@ class WorkerSpawner:
         """Probe, decide, act. Redis errors are waited out, never raised."""
         self.next_tick = now + self.config.spawner.poll_interval_s
         try:
-            self._retry_deferred_recoveries()
+            self.recovery.retry_deferred()
             depths, live_hosts = self._probe()
             self.health.succeeded(time.monotonic())
             self._reconcile(depths, live_hosts, now)
             if now >= self.next_sweep:
-                self._sweep(live_hosts)
+                self.recovery.sweep(self.config, self.host, self.fleet.consumers(), live_hosts)
                 self.next_sweep = now + SWEEP_INTERVAL_S
         except REDIS_ERRORS as exc:
             self.watch.reset()
@@ -248,7 +255,7 @@ class WorkerSpawner:
             state.parked = depth.pending_by_consumer.get(PARKING_CONSUMER, 0)
             for consumer, n in depth.pending_by_consumer.items():
                 if n and classify(consumer, self.host, own_live, live_hosts) is Liveness.DEAD:
-                    state.parked += self._recover(state.config, consumer, "worker lost")
+                    state.parked += self.recovery.recover(state.config, consumer, "worker lost")
         self.memory_ok = self._memory_ok()
         self._enforce_worker_memory()
         if not self.stopping:
@@ -307,7 +314,7 @@ class WorkerSpawner:
             if not idle:
                 continue
             shares = split_shares(state.parked, [w.lease.consumer for w in idle])
-            given = self.reaper.hand_out(state.config, shares)
+            given = self.recovery.reaper.hand_out(state.config, shares)
             state.parked -= sum(given.values())
             self._wake(list(given))
 
@@ -317,8 +324,8 @@ class WorkerSpawner:
             return
         beats = self.client.mget([keys.worker_heartbeat(c) for c in consumers])
         for raw in beats:
-            client_id = _client_id(raw)
-            if client_id is not None:
+            client_id = json.loads(raw).get("client_id") if raw else None
+            if isinstance(client_id, int):
                 self.client.client_unblock(client_id)
 
     def _arm_watch(self, now: float) -> None:
@@ -346,82 +353,48 @@ class WorkerSpawner:
     # -- starting and stopping workers --------------------------------------
 
     def _start(self, queue: QueueConfig, parked_share: int = 0) -> Worker | None:
+        """Start one worker; parked entries are handed to it before it runs."""
         now_wall = time.time()
         worker_id = self.fleet.new_worker_id(queue.label.lower(), now_wall)
         consumer = keys.consumer_name(self.host, worker_id)
         if parked_share and queue.backend is Backend.STREAM:
-            given = self.reaper.hand_out(queue, {consumer: parked_share}).get(consumer, 0)
-            self.queues[queue.name].parked -= given
+            given = self.recovery.reaper.hand_out(queue, {consumer: parked_share})
+            self.queues[queue.name].parked -= given.get(consumer, 0)
         deadline = now_wall + queue.max_runtime_s
-        env = self._worker_env(queue, worker_id, consumer, deadline)
+        env = worker_env(self.config, queue, worker_id, consumer, deadline)
         try:
-            popen = procs.start_process(queue.argv, env, cwd=str(self.config.root))
+            pid, popen = self.launcher.launch(queue.argv, env, str(self.config.root), queue.label)
         except OSError as exc:
             self.events.error("spawn_failed", "❌", f"Cannot start worker for {queue.label}: {exc}")
             self._record_exit(queue, 0.0, failed=True)
             return None
         lease = Lease(
-            worker_id,
-            queue.name,
-            consumer,
-            popen.pid,
-            now_wall,
-            deadline,
-            _create_time(popen.pid, now_wall),
+            worker_id, queue.name, consumer, pid, now_wall, deadline, _create_time(pid, now_wall)
         )
-        worker = Worker(lease=lease, popen=popen, started_mono=time.monotonic())
-        self.fleet.add(worker)
+        self.fleet.add(Worker(lease=lease, popen=popen, started_mono=time.monotonic()))
         self.client.hset(keys.leases(self.host), worker_id, lease.to_json())
         self.events.info(
             "spawn",
             "🚀",
             f"Spawned worker {worker_id} for {queue.label} "
-            f"(PID: {popen.pid}, Total: {self.fleet.count(queue.name)})",
+            f"(PID: {pid}, Total: {self.fleet.count(queue.name)})",
             queue=queue.name,
             worker_id=worker_id,
-            pid=popen.pid,
+            pid=pid,
             parked=parked_share,
         )
-        return worker
-
-    def _worker_env(
-        self, queue: QueueConfig, worker_id: str, consumer: str, deadline: float
-    ) -> dict[str, str]:
-        then = self.config.queues.get(queue.then) if queue.then else None
-        env = dict(os.environ)
-        env.update(queue.env)
-        env.update(
-            {
-                "ORCH_QUEUE": queue.name,
-                "ORCH_WORKER_ID": worker_id,
-                "ORCH_REDIS_URL": self.config.redis_url,
-                "ORCH_STREAM": queue.stream,
-                "ORCH_GROUP": queue.group,
-                "ORCH_CONSUMER": consumer,
-                "ORCH_DEADLINE": f"{deadline:.3f}",
-                "ORCH_IDLE_TIMEOUT": f"{queue.idle_timeout_s:g}",
-                "ORCH_MAX_ATTEMPTS": str(queue.max_attempts),
-                "ORCH_THEN": then.stream if then else "",
-                "ORCH_BATCH_SIZE": str(queue.batch_size),
-                "ORCH_HOST": self.host,
-                "ORCH_SPAWNER_PID": str(os.getpid()),
-                "ORCH_CONFIG": str(self.config.path or ""),
-                "ORCH_RQ_SERIALIZER": queue.serializer,
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
-        return env
+        return self.fleet.workers[worker_id]
 
     def _terminate(self, worker: Worker, reason: StopReason) -> bool:
         if not worker.terminate(reason, self.config.spawner.stop_grace_s):
             return False
         if reason is not StopReason.SHUTDOWN:
             q = self._queue_config(worker.queue)
-            why = self._stop_text(worker, reason, q)
             self.events.warning(
                 "terminate",
                 "⏰" if reason is StopReason.MAX_RUNTIME else "🧠",
-                f"Terminating worker {worker.worker_id} for {q.label}: {why} (PID: {worker.pid})",
+                f"Terminating worker {worker.worker_id} for {q.label}: "
+                f"{self._stop_text(worker, reason)} (PID: {worker.pid})",
                 queue=worker.queue,
                 worker_id=worker.worker_id,
                 pid=worker.pid,
@@ -429,13 +402,9 @@ class WorkerSpawner:
             )
         return True
 
-    def _stop_text(self, worker: Worker, reason: StopReason, q: QueueConfig) -> str:
-        if reason is StopReason.MAX_RUNTIME:
-            return f"max_runtime {q.max_runtime_s:g}s exceeded"
-        if reason is StopReason.MEMORY:
-            rss_mb = procs.tree_rss_bytes(worker.pid) / 2**20
-            return f"memory {rss_mb:.0f} MB > max_memory_mb {q.max_memory_mb}"
-        return reason.value
+    def _stop_text(self, worker: Worker, reason: StopReason) -> str:
+        q = self._queue_config(worker.queue)
+        return stop_text(worker, reason, q.max_runtime_s, q.max_memory_mb)
 
     def _check_workers(self, now: float) -> None:
         """Reap exits, enforce max_runtime, memory caps and kill deadlines."""
@@ -451,8 +420,10 @@ class WorkerSpawner:
                 w.remember_tree()
                 if now >= w.kill_at:
                     w.kill_tree()
-        if self.subreaper and self.strays_due:
-            self._reap_strays()
+        if self.strays_due:
+            self.strays_due = False
+            self.launcher.reap_strays([w.pid for w in self.fleet])
+        self.launcher.check_zygote()
 
     def _enforce_worker_memory(self) -> None:
         for w in self.fleet:
@@ -461,48 +432,18 @@ class WorkerSpawner:
                 self._terminate(w, StopReason.MEMORY)
 
     def _on_exit(self, worker: Worker, status: ExitStatus, now: float) -> None:
+        """A worker is gone: log it, count it, give its work back."""
         self.fleet.remove(worker.worker_id)
         q = self._queue_config(worker.queue)
         runtime = worker.runtime_s(now)
         leftovers = worker.kill_leftovers()
-        self._log_exit(worker, status, q, runtime, leftovers)
-        requested = worker.stop_reason is not None
-        self._record_exit(q, runtime, failed=not status.ok and not requested, now=now)
-        reason = self._death_reason(worker, status, q)
-        stranded = self._recover(q, worker.lease.consumer, reason)
-        if stranded and q.name in self.queues:
-            self.queues[q.name].stranded = True
-        self._drop_lease(worker.worker_id)
-        self.next_tick = min(self.next_tick, now)
-
-    def _death_reason(self, worker: Worker, status: ExitStatus, q: QueueConfig) -> str:
-        if worker.stop_reason in (StopReason.MAX_RUNTIME, StopReason.MEMORY):
-            return f"worker stopped: {self._stop_text(worker, worker.stop_reason, q)}"
-        if status.signal is not None:
-            return f"worker died: signal {status.signal}"
-        if status.code is None:
-            return "worker lost"
-        return f"worker exited: code {status.code}"
-
-    def _log_exit(
-        self, worker: Worker, status: ExitStatus, q: QueueConfig, runtime: float, leftovers: int
-    ) -> None:
-        total = self.fleet.count(q.name)
-        how = (
-            f"killed by {status.describe()}"
-            if status.signal is not None
-            else "gone"
-            if status.code is None
-            else f"exited with {status.describe()}"
+        icon, text = exit_text(
+            worker, status, q.label, runtime, leftovers, self.fleet.count(q.name)
         )
-        why = f", stopped for {worker.stop_reason.value}" if worker.stop_reason else ""
-        extra = f", killed {leftovers} leftover process(es)" if leftovers else ""
-        ok = status.ok or worker.stop_reason is StopReason.SHUTDOWN
         self.events.info(
             "exit",
-            "🏁" if ok else "💀",
-            f"Worker {worker.worker_id} for {q.label} {how} after {runtime:.1f}s{why}{extra} "
-            f"(Total: {total})",
+            icon,
+            text,
             queue=q.name,
             worker_id=worker.worker_id,
             pid=worker.pid,
@@ -510,6 +451,15 @@ class WorkerSpawner:
             signal=status.signal,
             runtime_s=round(runtime, 3),
         )
+        requested = worker.stop_reason is not None
+        self._record_exit(q, runtime, failed=not status.ok and not requested, now=now)
+        stopped = self._stop_text(worker, worker.stop_reason) if worker.stop_reason else ""
+        reason = death_reason(worker, status, stopped)
+        if self.recovery.recover(q, worker.lease.consumer, reason) and q.name in self.queues:
+            self.queues[q.name].stranded = True
+        with contextlib.suppress(*REDIS_ERRORS):  # a stale lease is harmless at restart
+            self.client.hdel(keys.leases(self.host), worker.worker_id)
+        self.next_tick = min(self.next_tick, now)
 
     def _record_exit(
         self, q: QueueConfig, runtime: float, failed: bool, now: float | None = None
@@ -519,129 +469,19 @@ class WorkerSpawner:
             return
         now = time.monotonic() if now is None else now
         state.exits.append(now)
-        before = state.backoff
-        state.backoff = before.after_exit(
-            now,
-            runtime,
-            failed,
-            self.config.spawner.crash_window_s,
-            max_s=self.config.spawner.crash_backoff_max_s,
+        spawner = self.config.spawner
+        state.backoff = state.backoff.after_exit(
+            now, runtime, failed, spawner.crash_window_s, max_s=spawner.crash_backoff_max_s
         )
         if state.backoff.streak >= 2:
             self.events.warning(
                 "crash_loop",
                 "🔁",
-                f"{q.label} workers keep failing within {self.config.spawner.crash_window_s:g}s "
-                f"of start ({state.backoff.streak} in a row): next spawn in "
+                f"{q.label} workers keep failing within {spawner.crash_window_s:g}s of start "
+                f"({state.backoff.streak} in a row): next spawn in "
                 f"{state.backoff.delay_s(now):.0f}s",
                 queue=q.name,
                 streak=state.backoff.streak,
-            )
-
-    def _recover(self, q: QueueConfig, consumer: str, reason: str) -> int:
-        """Give a gone worker's work back; deferred while Redis is down.
-
-        Returns how many entries (jobs) it held that will run again.
-        """
-        try:
-            if q.backend is Backend.RQ:
-                return self._recover_rq(q, consumer, reason)
-            return self._park(q, consumer, reason)
-        except REDIS_ERRORS as exc:
-            self.deferred_recoveries.append((q, consumer, reason))
-            self.health.failed(time.monotonic(), exc)
-            return 0
-
-    def _park(self, q: QueueConfig, consumer: str, reason: str) -> int:
-        result = self.reaper.park(q, consumer, reason)
-        worker_id = keys.consumer_worker_id(consumer)
-        if result.parked:
-            self.events.info(
-                "parked",
-                "♻️",
-                f"Recovered {_entries(result.parked)} of {worker_id} for {q.label}: "
-                "they go to the next worker",
-                queue=q.name,
-                consumer=consumer,
-                count=result.parked,
-            )
-        if result.dead_lettered:
-            self.events.warning(
-                "dead_letter",
-                "☠️",
-                f"Dead-lettered {_entries(result.dead_lettered)} of {q.label} to "
-                f"{q.dead_stream} after {q.max_attempts} attempts: {reason}",
-                queue=q.name,
-                consumer=consumer,
-                count=result.dead_lettered,
-            )
-        return result.parked
-
-    def _recover_rq(self, q: QueueConfig, consumer: str, reason: str) -> int:
-        from orchestrator.rq_backend import recover_worker
-
-        result = recover_worker(self.client, q.name, consumer, reason, q.serializer)
-        if result.requeued:
-            self.events.info(
-                "requeued",
-                "♻️",
-                f"Requeued {result.requeued} RQ job(s) of "
-                f"{keys.consumer_worker_id(consumer)} for {q.label} ({reason})",
-                queue=q.name,
-                consumer=consumer,
-                count=result.requeued,
-            )
-        if result.failed:
-            self.events.warning(
-                "dead_letter",
-                "☠️",
-                f"{result.failed} RQ job(s) of {q.label} failed after "
-                f"{q.max_attempts} attempts: {reason}",
-                queue=q.name,
-                count=result.failed,
-            )
-        return result.requeued
-
-    def _retry_deferred_recoveries(self) -> None:
-        todo, self.deferred_recoveries = self.deferred_recoveries, []
-        for i, (q, consumer, reason) in enumerate(todo):
-            self._recover(q, consumer, reason)  # re-defers itself while Redis is down
-            if self.deferred_recoveries:
-                self.deferred_recoveries.extend(todo[i + 1 :])
-                return
-
-    def _drop_lease(self, worker_id: str) -> None:
-        # A stale lease is harmless: the next start sees its pid gone.
-        with contextlib.suppress(*REDIS_ERRORS):
-            self.client.hdel(keys.leases(self.host), worker_id)
-
-    def _reap_strays(self) -> None:
-        """As subreaper we inherit workers' orphans: kill them, then reap them.
-
-        Runs after SIGCHLD only (an orphan is re-parented to us when its
-        worker exits, which is also when we get SIGCHLD for the worker).
-        """
-        self.strays_due = False
-        known = {w.pid for w in self.fleet}
-        try:
-            children = [c for c in psutil.Process().children() if c.pid not in known]
-        except psutil.Error:
-            return
-        for child in children:
-            try:
-                zombie = child.status() == psutil.STATUS_ZOMBIE
-            except psutil.NoSuchProcess:
-                continue
-            if zombie:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(child.pid, os.WNOHANG)
-                continue
-            procs.signal_tree([child], signal.SIGKILL)  # its SIGCHLD brings us back
-            self.events.warning(
-                "stray",
-                "🧹",
-                f"Killed stray process {child.pid} (left behind by a worker)",
-                pid=child.pid,
             )
 
     # -- start-up, sweep, status, shutdown ----------------------------------
@@ -667,13 +507,8 @@ class WorkerSpawner:
             lease = Lease.from_json(text)
             q = self.config.queues.get(lease.queue)
             if q is not None and lease.process_alive():
-                self.fleet.add(
-                    Worker(
-                        lease=lease,
-                        popen=None,
-                        started_mono=time.monotonic() - (time.time() - lease.started_at),
-                    )
-                )
+                started = time.monotonic() - (time.time() - lease.started_at)
+                self.fleet.add(Worker(lease=lease, popen=None, started_mono=started, child=False))
                 self.events.info(
                     "adopt",
                     "🤝",
@@ -682,29 +517,8 @@ class WorkerSpawner:
                 )
                 continue
             if q is not None:
-                self._recover(q, lease.consumer, "worker lost: spawner restarted")
+                self.recovery.recover(q, lease.consumer, "worker lost: spawner restarted")
             self.client.hdel(keys.leases(self.host), worker_id)
-
-    def _sweep(self, live_hosts: set[str]) -> None:
-        own_live = self.fleet.consumers()
-        grace = self.config.spawner.stop_grace_s
-
-        def is_dead(q: QueueConfig, consumer: str, idle_s: float) -> str | None:
-            stale_after = q.max_runtime_s + grace
-            verdict = classify(consumer, self.host, own_live, live_hosts, idle_s, stale_after)
-            if verdict is Liveness.DEAD:
-                host = keys.consumer_host(consumer)
-                return (
-                    "worker lost: host heartbeat expired" if host != self.host else ("worker lost")
-                )
-            return None
-
-        for result in self.reaper.sweep(self.config, is_dead):
-            if result.parked or result.dead_lettered:
-                logger.bind(event="sweep").info(
-                    f"Swept consumer {result.consumer} of {result.queue}: "
-                    f"{result.parked} parked, {result.dead_lettered} dead-lettered"
-                )
 
     def snapshot(self) -> HostStatus:
         now = time.monotonic()
@@ -743,13 +557,10 @@ class WorkerSpawner:
         for w in self.fleet:  # only if run() is left by an exception
             w.terminate(StopReason.SHUTDOWN, 0.0)
             w.kill_tree()
+        self.launcher.close()
         self.watch.reset()
-        try:
-            from orchestrator.status import withdraw
-
+        with contextlib.suppress(*REDIS_ERRORS):
             withdraw(self.client, self.host)
-        except REDIS_ERRORS:
-            pass
         self.events.info("stopped", "👋", f"Spawner on {self.host} stopped")
 
     # -- config --------------------------------------------------------------
@@ -776,7 +587,7 @@ class WorkerSpawner:
             due.append(
                 w.kill_at if w.kill_at is not None else now_mono + (w.lease.deadline - now_wall)
             )
-            if w.popen is None:  # adopted: no SIGCHLD for it, so poll
+            if not w.child:  # adopted: no SIGCHLD for it, so poll
                 due.append(now_mono + self.config.spawner.poll_interval_s)
         for state in self.queues.values():
             if state.backoff.until > now_mono:
@@ -803,22 +614,6 @@ class WorkerSpawner:
         return ok
 
 
-def _entries(n: int) -> str:
-    return f"{n} entr{'y' if n == 1 else 'ies'}"
-
-
-def _client_id(raw: Any) -> int | None:
-    if not raw:
-        return None
-    import json
-
-    try:
-        value = json.loads(raw).get("client_id")
-    except (ValueError, AttributeError):
-        return None
-    return int(value) if isinstance(value, int) else None
-
-
 def _create_time(pid: int, default: float) -> float:
     try:
         return float(psutil.Process(pid).create_time())
@@ -827,8 +622,6 @@ def _create_time(pid: int, default: float) -> float:
 
 
 def _with_redis_url(config: Config, url: str) -> Config:
-    from dataclasses import replace
-
     return replace(config, redis_url=url)
 
 

@@ -59,6 +59,7 @@ Handler = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 BatchHandler = Callable[[Sequence["Job"]], "Sequence[dict[str, Any] | Exception | None]"]
 
 FLUSH_AFTER_S = 0.2  # results wait at most this long for their batch's ack
+OWN_CHECK_INTERVAL_S = 1.0  # re-read our own pending entries at least this often
 HEARTBEAT_INTERVAL_S = 2.0
 HEARTBEAT_TTL_S = 10.0
 
@@ -160,6 +161,8 @@ class WorkerRuntime:
         self.last_work = time.monotonic()
         self.avg_job_s = 0.0
         self.heartbeat: Heartbeat | None = None
+        self.check_own = True  # read our own pending entries before new ones
+        self.own_checked_at = 0.0
 
     def request_stop(self, *_: object) -> None:
         self.stopping = True
@@ -205,13 +208,23 @@ class WorkerRuntime:
         return time.time() + margin >= self.s.deadline
 
     def _read(self) -> list[Job]:
-        """Own pending entries first (with their delivery counts), then new."""
+        """Own pending entries first (with their delivery counts), then new.
+
+        Our own pending list can only gain entries at start, after a failed
+        attempt, or when the spawner hands us recovered work (it then cuts
+        our blocking read short). So it is read then, and at least every
+        ``OWN_CHECK_INTERVAL_S``, not before every batch.
+        """
         s = self.s
-        reply = self.client.xreadgroup(s.group, s.consumer, {s.stream: "0"}, count=s.batch_size)
-        entries = _entries(reply)
-        if entries:
-            counts = self._delivery_counts([e[0] for e in entries])
-            return [Job(i, f, counts.get(i, 1)) for i, f in entries]
+        now = time.monotonic()
+        if self.check_own or now - self.own_checked_at >= OWN_CHECK_INTERVAL_S:
+            self.own_checked_at = now
+            reply = self.client.xreadgroup(s.group, s.consumer, {s.stream: "0"}, count=s.batch_size)
+            entries = _entries(reply)
+            self.check_own = bool(entries)
+            if entries:
+                counts = self._delivery_counts([e[0] for e in entries])
+                return [Job(i, f, counts.get(i, 1)) for i, f in entries]
         block_s = min(
             s.idle_timeout_s - (time.monotonic() - self.last_work),
             s.deadline - time.time() - max(0.5, 1.5 * self.avg_job_s),
@@ -225,7 +238,9 @@ class WorkerRuntime:
             count=s.batch_size,
             block=max(1, int(block_s * 1000)),
         )
-        return [Job(i, f, 1) for i, f in _entries(reply)]
+        jobs = [Job(i, f, 1) for i, f in _entries(reply)]
+        self.check_own = not jobs  # timed out or woken: maybe we were handed work
+        return jobs
 
     def _delivery_counts(self, ids: Sequence[str]) -> dict[str, int]:
         rows = self.client.xpending_range(
@@ -312,6 +327,7 @@ class WorkerRuntime:
         error = f"{type(exc).__name__}: {exc}"
         permanent = bool(getattr(exc, "permanent", False))
         self.failed += len(jobs)
+        self.check_own = not permanent  # the retry waits in our own pending list
         for job in jobs:
             if permanent or job.attempts >= self.s.max_attempts:
                 batch.dead(job, error)

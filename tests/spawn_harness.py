@@ -108,12 +108,13 @@ class SpawnerProc:
         return out
 
     def live_workers(self) -> list[psutil.Process]:
-        """Direct children of the spawner that are not zombies."""
+        """Workers the spawner logged as spawned that are its live children."""
+        pids = {pid for _, _, pid, _ in self.spawned()}
         try:
             kids = psutil.Process(self.pid).children()
         except psutil.NoSuchProcess:
             return []
-        return [k for k in kids if _alive(k)]
+        return [k for k in kids if k.pid in pids and _alive(k)]
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None

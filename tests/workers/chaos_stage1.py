@@ -2,6 +2,7 @@
 
 import os
 import signal
+import time
 from typing import Any
 
 from orchestrator.worker import run_worker
@@ -12,6 +13,7 @@ def handle(job: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError("poison: raises every time")
     if job.get("poison") == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(float(os.environ.get("CHAOS_JOB_S", "0")))  # keep the chaos busy
     return {"id": job["id"]}
 
 

@@ -1,0 +1,138 @@
+"""Starting worker processes, and the process-tree hygiene around them.
+
+``Launcher.launch`` forks a ``script`` worker warm from the fork server
+(``zygote``) when there is one, else execs the program. As child subreaper
+(``orchestrator run``), the spawner inherits what its workers leave behind;
+``reap_strays`` kills and reaps those orphans so no process outlives its
+worker. ``worker_env`` is the environment of SPEC.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Collection, Sequence
+
+import psutil
+
+from orchestrator import procs, zygote
+from orchestrator.config import Config, QueueConfig
+from orchestrator.logs import Events
+
+
+class Launcher:
+    def __init__(self, events: Events, subreaper: bool) -> None:
+        self.events = events
+        self.subreaper = subreaper
+        self.zygote: zygote.Zygote | None = None
+        self.preload: Sequence[str] = ()
+        self.not_ours: set[int] = set()  # children from before us (an embedded Redis)
+
+    def open(self, fork_server: bool, preload: Sequence[str]) -> None:
+        """Become the subreaper of our workers' trees and start the fork server.
+
+        The fork server needs the subreaper: its workers are re-parented to us.
+        """
+        self.preload = preload
+        with contextlib.suppress(psutil.Error):
+            self.not_ours = {c.pid for c in psutil.Process().children()}
+        if self.subreaper and procs.set_subreaper() and fork_server:
+            self.restart_zygote()
+
+    def launch(
+        self, argv: Sequence[str], env: dict[str, str], cwd: str, label: str
+    ) -> tuple[int, subprocess.Popen[bytes] | None]:
+        """Start a worker; its pid, and its Popen when it was exec'd by us."""
+        if self.zygote is not None and zygote.eligible(argv):
+            try:
+                return self.zygote.spawn(argv, env, cwd), None
+            except zygote.ZygoteError as exc:
+                self.events.warning("zygote", "⚠️", f"Fork server failed for {label} ({exc})")
+                self.restart_zygote()
+        popen = procs.start_process(argv, env, cwd=cwd)
+        return popen.pid, popen
+
+    def restart_zygote(self) -> None:
+        if self.zygote is not None:
+            self.zygote.close()
+        self.zygote = zygote.Zygote(self.preload)
+        try:
+            self.zygote.start()
+        except (zygote.ZygoteError, OSError) as exc:
+            self.events.warning(
+                "zygote", "⚠️", f"No fork server ({exc}): workers start with exec (slower)"
+            )
+            self.zygote.close()
+            self.zygote = None
+
+    def check_zygote(self) -> None:
+        if self.zygote is not None and not self.zygote.alive():
+            self.events.warning("zygote", "⚠️", "Fork server died; restarting it")
+            self.restart_zygote()
+
+    def reap_strays(self, workers: Collection[int]) -> None:
+        """Kill and reap children that are neither workers nor the fork server.
+
+        Run after SIGCHLD: an orphan is re-parented to us when its worker
+        exits, which is also when we get SIGCHLD for the worker.
+        """
+        if not self.subreaper:
+            return
+        known = set(workers) | self.not_ours | {self.zygote.pid if self.zygote else None}
+        try:
+            children = [c for c in psutil.Process().children() if c.pid not in known]
+        except psutil.Error:
+            return
+        for child in children:
+            try:
+                zombie = child.status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                continue
+            if zombie:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(child.pid, os.WNOHANG)
+                continue
+            procs.signal_tree([child], signal.SIGKILL)  # its SIGCHLD brings us back
+            self.events.warning(
+                "stray",
+                "🧹",
+                f"Killed stray process {child.pid} (left behind by a worker)",
+                pid=child.pid,
+            )
+
+    def close(self) -> None:
+        if self.zygote is not None:
+            self.zygote.close()
+            self.zygote = None
+
+
+def worker_env(
+    config: Config, queue: QueueConfig, worker_id: str, consumer: str, deadline: float
+) -> dict[str, str]:
+    """The environment a worker starts with (SPEC.md), over our own."""
+    then = config.queues.get(queue.then) if queue.then else None
+    env = dict(os.environ)
+    env.update(queue.env)
+    env.update(
+        {
+            "ORCH_QUEUE": queue.name,
+            "ORCH_WORKER_ID": worker_id,
+            "ORCH_REDIS_URL": config.redis_url,
+            "ORCH_STREAM": queue.stream,
+            "ORCH_GROUP": queue.group,
+            "ORCH_CONSUMER": consumer,
+            "ORCH_DEADLINE": f"{deadline:.3f}",
+            "ORCH_IDLE_TIMEOUT": f"{queue.idle_timeout_s:g}",
+            "ORCH_MAX_ATTEMPTS": str(queue.max_attempts),
+            "ORCH_THEN": then.stream if then else "",
+            "ORCH_BATCH_SIZE": str(queue.batch_size),
+            "ORCH_HOST": config.spawner.host,
+            "ORCH_SPAWNER_PID": str(os.getpid()),
+            "ORCH_CONFIG": str(config.path or ""),
+            "ORCH_RQ_SERIALIZER": queue.serializer,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env

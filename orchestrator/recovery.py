@@ -1,0 +1,128 @@
+"""Giving a gone worker's work back, from the spawner's side.
+
+A stream worker's pending entries are parked (see ``reaper``); an RQ
+worker's started jobs go through RQ's own abandoned-job logic (see
+``rq_backend``). While Redis is unreachable the recoveries wait in a list
+and are retried, in order, once it answers again: nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection
+
+import redis
+from loguru import logger
+
+from orchestrator import keys
+from orchestrator.config import Backend, Config, QueueConfig
+from orchestrator.connections import REDIS_ERRORS, RedisHealth
+from orchestrator.logs import Events
+from orchestrator.reaper import Liveness, Reaper, classify
+
+
+def entries_text(n: int) -> str:
+    return f"{n} entr{'y' if n == 1 else 'ies'}"
+
+
+class Recovery:
+    """Recover, log, and defer while Redis is down."""
+
+    def __init__(self, client: redis.Redis, events: Events, health: RedisHealth) -> None:
+        self.client = client
+        self.events = events
+        self.health = health
+        self.reaper = Reaper(client)
+        self.deferred: list[tuple[QueueConfig, str, str]] = []
+
+    def recover(self, q: QueueConfig, consumer: str, reason: str) -> int:
+        """Give ``consumer``'s work back; how many jobs will run again."""
+        try:
+            if q.backend is Backend.RQ:
+                return self._requeue_rq(q, consumer, reason)
+            return self._park(q, consumer, reason)
+        except REDIS_ERRORS as exc:
+            self.deferred.append((q, consumer, reason))
+            self.health.failed(time.monotonic(), exc)
+            return 0
+
+    def retry_deferred(self) -> None:
+        """Run the recoveries an outage held back; stop at the first failure."""
+        todo, self.deferred = self.deferred, []
+        for i, (q, consumer, reason) in enumerate(todo):
+            self.recover(q, consumer, reason)  # re-defers itself while Redis is down
+            if self.deferred:
+                self.deferred.extend(todo[i + 1 :])
+                return
+
+    def _park(self, q: QueueConfig, consumer: str, reason: str) -> int:
+        result = self.reaper.park(q, consumer, reason)
+        if result.parked:
+            self.events.info(
+                "parked",
+                "♻️",
+                f"Recovered {entries_text(result.parked)} of {keys.consumer_worker_id(consumer)} "
+                f"for {q.label}: they go to the next worker",
+                queue=q.name,
+                consumer=consumer,
+                count=result.parked,
+            )
+        if result.dead_lettered:
+            self.events.warning(
+                "dead_letter",
+                "☠️",
+                f"Dead-lettered {entries_text(result.dead_lettered)} of {q.label} to "
+                f"{q.dead_stream} after {q.max_attempts} attempts: {reason}",
+                queue=q.name,
+                consumer=consumer,
+                count=result.dead_lettered,
+            )
+        return result.parked
+
+    def _requeue_rq(self, q: QueueConfig, consumer: str, reason: str) -> int:
+        from orchestrator.rq_backend import recover_worker
+
+        result = recover_worker(self.client, q.name, consumer, reason, q.serializer)
+        if result.requeued:
+            self.events.info(
+                "requeued",
+                "♻️",
+                f"Requeued {result.requeued} RQ job(s) of {keys.consumer_worker_id(consumer)} "
+                f"for {q.label} ({reason})",
+                queue=q.name,
+                consumer=consumer,
+                count=result.requeued,
+            )
+        if result.failed:
+            self.events.warning(
+                "dead_letter",
+                "☠️",
+                f"{result.failed} RQ job(s) of {q.label} failed after {q.max_attempts} "
+                f"attempts: {reason}",
+                queue=q.name,
+                count=result.failed,
+            )
+        return result.requeued
+
+    def sweep(
+        self, config: Config, host: str, own_live: Collection[str], live_hosts: Collection[str]
+    ) -> None:
+        """Park and delete the gone consumers the per-tick probe cannot see:
+        those with nothing pending, and foreign ones silent for too long."""
+        grace = config.spawner.stop_grace_s
+
+        def is_dead(q: QueueConfig, consumer: str, idle_s: float) -> str | None:
+            stale_after = q.max_runtime_s + grace
+            verdict = classify(consumer, host, own_live, live_hosts, idle_s, stale_after)
+            if verdict is not Liveness.DEAD:
+                return None
+            if keys.consumer_host(consumer) not in (None, host):
+                return "worker lost: host heartbeat expired"
+            return "worker lost"
+
+        for result in self.reaper.sweep(config, is_dead):
+            if result.parked or result.dead_lettered:
+                logger.bind(event="sweep").info(
+                    f"Swept consumer {result.consumer} of {result.queue}: "
+                    f"{result.parked} parked, {result.dead_lettered} dead-lettered"
+                )

@@ -1,0 +1,207 @@
+"""A fork server: Python workers that start in milliseconds, not seconds.
+
+Starting a Python worker costs a few hundred milliseconds, nearly all of it
+importing redis, loguru and the orchestrator. The spawner therefore keeps a
+*zygote*: a child process that has imported them once (plus
+``spawner.preload``) and, for each ``script`` worker, forks a copy that runs
+the script with ``runpy`` — as ``python script.py`` would, but already warm.
+
+The zygote double-forks: the worker's first parent exits at once, so the
+worker is re-parented to the spawner, which is the child subreaper of its
+tree. The spawner thus remains the only reaper of its workers and gets their
+SIGCHLD. Only then does the worker ask for SIGTERM on its parent's death,
+so it dies with the spawner like any other worker.
+
+Used only by ``orchestrator run`` (which is a subreaper) and only for queues
+with ``script:``; ``command:`` workers are always started with exec.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import runpy
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn
+
+from orchestrator import procs
+
+DEFAULT_PRELOAD = ("orchestrator.worker",)
+REPARENT_TIMEOUT_S = 2.0
+
+
+class ZygoteError(RuntimeError):
+    pass
+
+
+class Zygote:
+    """The spawner's side: start the fork server, ask it for workers."""
+
+    def __init__(self, preload: Sequence[str] = DEFAULT_PRELOAD) -> None:
+        self.preload = list(dict.fromkeys([*DEFAULT_PRELOAD, *preload]))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.sock: socket.socket | None = None
+        self._buffer = b""
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def start(self) -> None:
+        ours, theirs = socket.socketpair()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.zygote", str(theirs.fileno()), *self.preload],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+            preexec_fn=procs.die_with_parent,
+        )
+        theirs.close()
+        ours.settimeout(30.0)
+        self.sock = ours
+        ready = self._reply()
+        if not ready.get("ready"):
+            raise ZygoteError(f"fork server failed to start: {ready.get('error')}")
+        ours.settimeout(5.0)
+
+    def spawn(self, argv: Sequence[str], env: Mapping[str, str], cwd: str) -> int:
+        """Fork a worker running ``argv[1]`` (a script) with ``argv[2:]``; its pid."""
+        if self.sock is None:
+            raise ZygoteError("fork server not running")
+        request = {"argv": list(argv), "env": dict(env), "cwd": cwd, "parent": os.getpid()}
+        try:
+            self.sock.sendall(json.dumps(request).encode() + b"\n")
+            reply = self._reply()
+        except OSError as exc:
+            self.close()
+            raise ZygoteError(f"fork server gone: {exc}") from exc
+        if "pid" not in reply:
+            raise ZygoteError(str(reply.get("error", "no pid")))
+        return int(reply["pid"])
+
+    def _reply(self) -> dict[str, Any]:
+        assert self.sock is not None
+        while b"\n" not in self._buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ZygoteError("fork server closed its socket")
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        value = json.loads(line)
+        return value if isinstance(value, dict) else {}
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()  # the zygote exits on EOF
+            self.sock = None
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=5)
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+
+def eligible(argv: Sequence[str]) -> bool:
+    """A ``script`` worker: our own interpreter running a Python file."""
+    return len(argv) >= 2 and argv[0] == sys.executable and argv[1].endswith(".py")
+
+
+# -- the zygote process ------------------------------------------------------
+
+
+def serve(fd: int, preload: Sequence[str]) -> int:
+    sock = socket.socket(fileno=fd)
+    try:
+        for module in preload:
+            importlib.import_module(module)
+    except Exception as exc:
+        sock.sendall(json.dumps({"error": f"preload failed: {exc!r}"}).encode() + b"\n")
+        return 1
+    sock.sendall(b'{"ready": true}\n')
+    reader = sock.makefile("rb")
+    for line in reader:
+        try:
+            reply: dict[str, Any] = {"pid": _fork_worker(json.loads(line), sock)}
+        except OSError as exc:
+            reply = {"error": f"fork failed: {exc}"}
+        sock.sendall(json.dumps(reply).encode() + b"\n")
+    return 0
+
+
+def _fork_worker(request: dict[str, Any], sock: socket.socket) -> int:
+    read_fd, write_fd = os.pipe()
+    middle = os.fork()
+    if middle == 0:  # the short-lived middle process
+        os.close(read_fd)
+        worker = os.fork()
+        if worker == 0:
+            os.close(write_fd)
+            with contextlib.suppress(OSError):
+                os.close(sock.fileno())  # the worker must not hold the spawner's line
+            _become_worker(request)
+        os.write(write_fd, str(worker).encode())
+        os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(middle, 0)
+    return int(data)
+
+
+def _become_worker(request: dict[str, Any]) -> NoReturn:
+    """In the forked worker: wait to be the spawner's, then run the script."""
+    code = 1
+    try:
+        _await_parent(int(request["parent"]))
+        argv, env = request["argv"], request["env"]
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(env)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(signum, signal.SIG_DFL)
+        sys.argv = list(argv[1:])
+        sys.path[0] = os.path.dirname(os.path.abspath(argv[1]))
+        runpy.run_path(argv[1], run_name="__main__")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if exc.code is not None and not isinstance(exc.code, int):
+            print(exc.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _await_parent(parent: int) -> None:
+    """The middle process exits at once; then we are the spawner's child."""
+    deadline = time.monotonic() + REPARENT_TIMEOUT_S
+    while os.getppid() != parent:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"not re-parented to the spawner {parent} (is it a subreaper?)")
+        time.sleep(0.0005)
+    procs.die_with_parent(signal.SIGTERM)
+    if os.getppid() != parent:  # the spawner died in between
+        raise SystemExit(f"spawner {parent} is gone")
+
+
+if __name__ == "__main__":
+    sys.exit(serve(int(sys.argv[1]), sys.argv[2:]))
