@@ -66,6 +66,7 @@ def trial(r: redis.Redis, t: int, want_idle_peer: bool) -> float:
         pipe.xadd("jobs", {"payload": json.dumps({"trial": t, "n": n, "block": n == 0})})
     pipe.execute()
     held = wait_for(lambda: holder(r) if r.exists(f"bench:blocked:{t}") else None, 30)
+    assert held is not None
     pid = held[1]
     if want_idle_peer:  # the other worker must be alive and idle in its read
         wait_for(lambda: r.hlen("orch:leases:bench") == 2, 30)
