@@ -9,7 +9,8 @@
 - rq: `rq worker-pool -n 2` (RQ's default worker, fork per job) on jobs
   enqueued through RQ, already started; 1,000 jobs, as a rate (RQ would
   take about half a minute for 10,000).
-All contenders run the same tiny function; the same Redis, one run.
+All contenders run the same tiny function; the same Redis, one run; the
+first two alternate over 5 rounds and the medians are compared.
 Targets: orchestrator >= 0.8 x limit, >= 50 x rq.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +34,7 @@ from bench.harness import ROOT, Spawner, wait_for
 from orchestrator.embedded import EmbeddedRedis
 
 JOBS = 10_000
+ROUNDS = 5
 RQ_JOBS = 1_000
 
 
@@ -49,14 +52,14 @@ def all_acked(r: redis.Redis, stream: str) -> bool:
     return bool(groups) and groups[0]["pending"] == 0 and groups[0]["lag"] == 0
 
 
-def orchestrator_run(url: str, workdir: Path) -> float:
+def orchestrator_run(url: str, workdir: Path, stream: str) -> float:
     r = redis.Redis.from_url(url)
-    r.xgroup_create("orch", "workers", "0", mkstream=True)
+    r.xgroup_create(stream, "workers", "0", mkstream=True)
     config = {
         "redis": {"url": url},
         "spawner": {"host": "bench", "status_interval": 3600},
         "queues": {
-            "orch": {
+            stream: {
                 "script": str(ROOT / "bench" / "workers" / "tiny_worker.py"),
                 "max_concurrent": 2,
                 "jobs_per_worker": 100,
@@ -67,26 +70,26 @@ def orchestrator_run(url: str, workdir: Path) -> float:
             }
         },
     }
-    with Spawner(workdir, "throughput", config):
-        started = enqueue(r, "orch", JOBS)
-        wait_for(lambda: all_acked(r, "orch"), 120, poll_s=0.005)
+    with Spawner(workdir, stream, config):
+        started = enqueue(r, stream, JOBS)
+        wait_for(lambda: all_acked(r, stream), 120, poll_s=0.005)
         return time.monotonic() - started
 
 
-def limit_run(url: str) -> float:
+def limit_run(url: str, stream: str) -> float:
     r = redis.Redis.from_url(url)
-    r.xgroup_create("plain", "workers", "0", mkstream=True)
+    r.xgroup_create(stream, "workers", "0", mkstream=True)
     script = str(ROOT / "bench" / "workers" / "plain_consumer.py")
     procs = [
         subprocess.Popen(
-            [sys.executable, script, url, "plain", f"c{i}"], cwd=ROOT, env={"PYTHONPATH": str(ROOT)}
+            [sys.executable, script, url, stream, f"c{i}"], cwd=ROOT, env={"PYTHONPATH": str(ROOT)}
         )
         for i in range(2)
     ]
     wait_for(lambda: len(r.client_list()) >= 3, 30)  # both loops connected and waiting
     time.sleep(0.3)  # let both settle into their blocking reads
-    started = enqueue(r, "plain", JOBS)
-    wait_for(lambda: all_acked(r, "plain"), 120, poll_s=0.005)
+    started = enqueue(r, stream, JOBS)
+    wait_for(lambda: all_acked(r, stream), 120, poll_s=0.005)
     elapsed = time.monotonic() - started
     for p in procs:
         p.wait(timeout=30)
@@ -131,18 +134,28 @@ def rq_run(url: str) -> float:
 
 
 def main() -> None:
+    limits, ourss = [], []
     with EmbeddedRedis() as server, tempfile.TemporaryDirectory() as tmp:
-        limit = limit_run(server.url)
-        ours = orchestrator_run(server.url, Path(tmp))
+        for i in range(ROUNDS):  # interleaved, so load changes hit both alike
+            limits.append(limit_run(server.url, f"plain{i}"))
+            ourss.append(orchestrator_run(server.url, Path(tmp), f"orch{i}"))
+            redis.Redis.from_url(server.url).flushall()
         rq = rq_run(server.url)
+    limit, ours = statistics.median(limits), statistics.median(ourss)
     rates = {
         "orchestrator (spawned on demand)": JOBS / ours,
         "limit: 2 long-lived plain loops": JOBS / limit,
         "rq worker-pool -n 2": RQ_JOBS / rq,
     }
-    print(f"{JOBS:,} tiny jobs, 2 workers each (RQ: {RQ_JOBS:,} jobs):")
+    print(f"{JOBS:,} tiny jobs, 2 workers each, median of {ROUNDS} rounds (RQ: {RQ_JOBS:,} jobs):")
     for name, rate in rates.items():
         print(f"  {name:<36} {rate:10,.0f} jobs/s")
+    print(
+        "  rounds (s): limit "
+        + " ".join(f"{t:.3f}" for t in limits)
+        + " | orchestrator "
+        + " ".join(f"{t:.3f}" for t in ourss)
+    )
     ours_rate = rates["orchestrator (spawned on demand)"]
     print(
         f"  orchestrator / limit = {ours_rate / rates['limit: 2 long-lived plain loops']:.2f}"

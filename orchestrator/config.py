@@ -153,7 +153,15 @@ def describe(config: Config) -> dict[str, Any]:
 
 
 def _section_dict(value: Any) -> Any:
-    """A section's dataclass as YAML keys (``timeout_s`` -> ``timeout``)."""
+    """A section's dataclass as YAML keys (``timeout_s`` -> ``timeout``).
+
+    A section whose YAML shape is not its fields' (a mapping of names, say)
+    says so with a ``to_yaml()`` method.
+    """
+    if hasattr(value, "to_yaml"):
+        return _section_dict(value.to_yaml())
+    if isinstance(value, set | frozenset):
+        return sorted(_section_dict(v) for v in value)
     if is_dataclass(value) and not isinstance(value, type):
         return {
             f.name.removesuffix("_s"): _section_dict(getattr(value, f.name)) for f in fields(value)
@@ -294,7 +302,9 @@ def _parse_queue(name: str, s: Section, root: Path) -> QueueConfig | None:
         max_attempts=s.integer("max_attempts", d.max_attempts, min=1),
         then=s.string("then", None) if s.raw("then") is not None else None,
         batch_size=s.integer("batch_size", d.batch_size, min=1, max=100_000),
-        max_memory_mb=s.integer("max_memory_mb", None, min=1) if s.has("max_memory_mb") else None,
+        max_memory_mb=(
+            s.integer("max_memory_mb", None, min=1) if s.raw("max_memory_mb") is not None else None
+        ),
         serializer=s.string("serializer", d.serializer, choices=["json", "pickle"]),
         env=dict(env),
     )

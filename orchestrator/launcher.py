@@ -42,10 +42,11 @@ class Launcher:
             self.restart_zygote()
 
     def launch(
-        self, argv: Sequence[str], env: dict[str, str], cwd: str, label: str
+        self, queue: QueueConfig, env: dict[str, str], cwd: str
     ) -> tuple[int, subprocess.Popen[bytes] | None]:
         """Start a worker; its pid, and its Popen when it was exec'd by us."""
-        if self.zygote is not None and zygote.eligible(argv):
+        argv, label = queue.argv, queue.label
+        if self.zygote is not None and zygote.eligible(argv, queue.env):
             try:
                 return self.zygote.spawn(argv, env, cwd), None
             except zygote.ZygoteError as exc:

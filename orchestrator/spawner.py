@@ -363,7 +363,7 @@ class WorkerSpawner:
         deadline = now_wall + queue.max_runtime_s
         env = worker_env(self.config, queue, worker_id, consumer, deadline)
         try:
-            pid, popen = self.launcher.launch(queue.argv, env, str(self.config.root), queue.label)
+            pid, popen = self.launcher.launch(queue, env, str(self.config.root))
         except OSError as exc:
             self.events.error("spawn_failed", "❌", f"Cannot start worker for {queue.label}: {exc}")
             self._record_exit(queue, 0.0, failed=True)

@@ -68,6 +68,10 @@ class Unavailable(Exception):
     """A dependency is down; the job is fine. Not counted as an attempt."""
 
 
+class _StopWaiting(Exception):
+    """Raised by the stop signal handler out of a blocking read."""
+
+
 class PoisonJob(Exception):
     """The job can never succeed: dead-letter it now, whatever its attempts.
 
@@ -151,6 +155,8 @@ class WorkerRuntime:
         self.client = client or redis.Redis.from_url(
             settings.redis_url,
             single_connection_client=True,  # CLIENT UNBLOCK must reach *this* connection
+            decode_responses=True,  # decoded by hiredis, in C
+            encoding_errors="surrogateescape",  # binary fields survive the round trip
             socket_timeout=max(settings.idle_timeout_s, 5.0) + 10.0,
             socket_connect_timeout=5.0,
         )
@@ -161,11 +167,15 @@ class WorkerRuntime:
         self.last_work = time.monotonic()
         self.avg_job_s = 0.0
         self.heartbeat: Heartbeat | None = None
+        self.waiting = False  # in a blocking read for new entries
         self.check_own = True  # read our own pending entries before new ones
         self.own_checked_at = 0.0
 
     def request_stop(self, *_: object) -> None:
+        """SIGTERM/SIGINT: finish the job in hand; cut a wait for work short."""
         self.stopping = True
+        if self.waiting:  # Python would otherwise resume the blocking read
+            raise _StopWaiting
 
     def run(self) -> int:
         """Serve until idle, deadline or SIGTERM; returns the exit code."""
@@ -231,16 +241,28 @@ class WorkerRuntime:
         )
         if block_s <= 0:
             return []
-        reply = self.client.xreadgroup(
-            s.group,
-            s.consumer,
-            {s.stream: ">"},
-            count=s.batch_size,
-            block=max(1, int(block_s * 1000)),
-        )
+        reply = self._wait_for_new(max(1, int(block_s * 1000)))
         jobs = [Job(i, f, 1) for i, f in _entries(reply)]
         self.check_own = not jobs  # timed out or woken: maybe we were handed work
         return jobs
+
+    def _wait_for_new(self, block_ms: int) -> Any:
+        """XREADGROUP '>' that a stop signal interrupts (the reply is dropped:
+        anything Redis delivered meanwhile stays pending on us and is passed
+        on by the spawner with its count, which was never an attempt)."""
+        s = self.s
+        self.waiting = True
+        try:
+            if self.stopping:
+                return None
+            return self.client.xreadgroup(
+                s.group, s.consumer, {s.stream: ">"}, count=s.batch_size, block=block_ms
+            )
+        except _StopWaiting:
+            self.client.connection.disconnect()  # type: ignore[union-attr]
+            return None
+        finally:
+            self.waiting = False
 
     def _delivery_counts(self, ids: Sequence[str]) -> dict[str, int]:
         rows = self.client.xpending_range(
@@ -251,7 +273,7 @@ class WorkerRuntime:
             count=len(ids) * 2,
             consumername=self.s.consumer,
         )
-        return {_text(r["message_id"]): int(r["times_delivered"]) for r in rows}
+        return {str(r["message_id"]): int(r["times_delivered"]) for r in rows}
 
     def _process(self, jobs: list[Job]) -> None:
         batch = Batch(self)
@@ -297,7 +319,7 @@ class WorkerRuntime:
     def _run_handler(self, jobs: list[Job], batch: Batch) -> None:
         started = time.monotonic()
         if self.heartbeat is not None:
-            self.heartbeat.working_on([j.id for j in jobs])
+            self.heartbeat.jobs = jobs
         try:
             results = self.handle_batch(jobs)
         except Unavailable:
@@ -308,7 +330,7 @@ class WorkerRuntime:
             return
         finally:
             if self.heartbeat is not None:
-                self.heartbeat.working_on([])
+                self.heartbeat.jobs = ()
         elapsed = (time.monotonic() - started) / len(jobs)
         self.avg_job_s = elapsed if not self.processed else 0.8 * self.avg_job_s + 0.2 * elapsed
         for job, result in zip(jobs, results, strict=True):
@@ -408,8 +430,8 @@ class Heartbeat:
             "worker_id": settings.worker_id,
             "host": settings.host,
             "started_at": time.time(),
-            "jobs": [],
         }
+        self.jobs: Sequence[Job] = ()  # in hand; read by the heartbeat thread
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="orch-heartbeat", daemon=True)
 
@@ -417,11 +439,9 @@ class Heartbeat:
         self.beat()
         self._thread.start()
 
-    def working_on(self, ids: list[str]) -> None:
-        self.info["jobs"] = ids
-
     def beat(self) -> None:
         self.info["at"] = time.time()
+        self.info["jobs"] = [job.id for job in self.jobs]
         self.client.set(self.key, json.dumps(self.info), px=int(HEARTBEAT_TTL_S * 1000))
 
     def _run(self) -> None:
@@ -443,7 +463,7 @@ def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
     items = reply.items() if isinstance(reply, dict) else (reply or [])
     for item in items:
         for entry_id, fields in item[1]:
-            out.append((_text(entry_id), {_text(k): _text(v) for k, v in (fields or {}).items()}))
+            out.append((entry_id, fields or {}))
     return out
 
 
@@ -463,10 +483,6 @@ def _decode(job: Job) -> str | None:
     return None
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _setup(settings: Settings) -> None:
     """Die with the spawner; log lines name the worker."""
     procs.die_with_parent(signal.SIGTERM)
@@ -484,7 +500,7 @@ def run_batch_worker(handle_batch: BatchHandler, settings: Settings | None = Non
     """
     s = settings or Settings.from_env()
     _setup(s)
-    sys.exit(WorkerRuntime(s, handle_batch).run())
+    _exit(WorkerRuntime(s, handle_batch).run())
 
 
 def run_worker(handle: Handler, settings: Settings | None = None) -> NoReturn:
@@ -495,7 +511,14 @@ def run_worker(handle: Handler, settings: Settings | None = None) -> NoReturn:
     """
     s = settings or Settings.from_env()
     _setup(s)
-    sys.exit(WorkerRuntime(s, per_job(handle), one_at_a_time=True).run())
+    _exit(WorkerRuntime(s, per_job(handle), one_at_a_time=True).run())
+
+
+def _exit(code: int) -> NoReturn:
+    """Exit with ``code``; a stop signal arriving now must not replace it."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
 
 
 def per_job(handle: Handler) -> BatchHandler:

@@ -113,9 +113,28 @@ class Zygote:
             self.proc = None
 
 
-def eligible(argv: Sequence[str]) -> bool:
-    """A ``script`` worker: our own interpreter running a Python file."""
-    return len(argv) >= 2 and argv[0] == sys.executable and argv[1].endswith(".py")
+# Interpreter settings a fork cannot apply (PYTHONPATH it can: sys.path).
+_STARTUP_ONLY = frozenset(
+    {
+        "PYTHONHOME",
+        "PYTHONHASHSEED",
+        "PYTHONOPTIMIZE",
+        "PYTHONDEVMODE",
+        "PYTHONWARNINGS",
+        "PYTHONSAFEPATH",
+        "PYTHONNOUSERSITE",
+        "PYTHONSTARTUP",
+        "PYTHONEXECUTABLE",
+        "PYTHONMALLOC",
+    }
+)
+
+
+def eligible(argv: Sequence[str], queue_env: Mapping[str, str]) -> bool:
+    """A ``script`` worker (our interpreter on a Python file) whose queue
+    sets no interpreter start-up variable; anything else is exec'd."""
+    script = len(argv) >= 2 and argv[0] == sys.executable and argv[1].endswith(".py")
+    return script and not (_STARTUP_ONLY & set(queue_env))
 
 
 # -- the zygote process ------------------------------------------------------
@@ -175,7 +194,7 @@ def _become_worker(request: dict[str, Any]) -> NoReturn:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
         sys.argv = list(argv[1:])
-        sys.path[0] = os.path.dirname(os.path.abspath(argv[1]))
+        sys.path[:] = _script_path(argv[1], env)
         runpy.run_path(argv[1], run_name="__main__")
         code = 0
     except SystemExit as exc:
@@ -189,6 +208,15 @@ def _become_worker(request: dict[str, Any]) -> NoReturn:
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
+
+
+def _script_path(script: str, env: Mapping[str, str]) -> list[str]:
+    """``sys.path`` as ``python script.py`` would start with, given ``env``:
+    the script's directory (in place of the zygote's own first entry), then
+    PYTHONPATH, then the interpreter's own entries."""
+    rest = sys.path[1:]
+    extra = [os.path.abspath(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return [os.path.dirname(os.path.abspath(script)), *[p for p in extra if p not in rest], *rest]
 
 
 def _await_parent(parent: int) -> None:

@@ -102,3 +102,18 @@ def test_poison_jobs_end_in_dead_letters(
     assert dead["killer"]["error"] == "worker died: signal 9"
     assert dead["killer"]["attempts"] == "3"
     assert r.smembers("test:done") >= {"once", *(f"ok{i}" for i in range(5))}
+
+
+def test_sigterm_stops_a_worker_waiting_for_work_at_once(
+    redis_url: str, r: redis.Redis, spawner_factory: Any
+) -> None:
+    sp = spawner_factory(
+        redis_url, {"ai_processing": queue(label="AI", idle_timeout=60)}, spawner={"stop_grace": 30}
+    )
+    sp.start()
+    add(r, "ai_processing", {"id": "only"})
+    wait_until(lambda: r.sismember("test:done", "only"))
+    started = time.monotonic()
+    assert sp.stop() == 0
+    assert time.monotonic() - started < 5  # not idle_timeout, not stop_grace
+    assert sp.lines("exiting after") and sp.lines("exited with code 0")

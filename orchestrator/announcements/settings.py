@@ -98,6 +98,18 @@ class Watchlist:
 class WatchlistsSettings:
     watchlists: tuple[Watchlist, ...] = ()
 
+    def to_yaml(self) -> dict[str, Any]:
+        """The ``watchlists`` section as written in the config file."""
+        return {
+            w.name: {
+                "symbols": sorted(w.symbols),
+                "categories": sorted(c.value for c in w.categories),
+                "min_sentiment": w.min_sentiment,
+                "max_sentiment": w.max_sentiment,
+            }
+            for w in self.watchlists
+        }
+
     def __iter__(self) -> Iterator[Watchlist]:
         return iter(self.watchlists)
 

@@ -1,0 +1,68 @@
+"""The fork server: warm workers that are still the spawner's own children."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from tests.helpers import wait_until
+from tests.spawn_harness import WORKERS, worker_script
+
+
+def reports(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(out.glob("*.report"))]
+
+
+def run_one(redis_url: str, r: redis.Redis, spawner_factory: Any, **queue_kw: Any) -> Any:
+    queue = {
+        "script": worker_script("env_report.py"),
+        "label": "AI",
+        "cooldown": 60,
+        "env": {"PYTHONPATH": str(WORKERS / "pathdir"), "EXIT_CODE": "3"},
+        **queue_kw,
+    }
+    sp = spawner_factory(redis_url, {"ai_processing": queue})
+    sp.start()
+    r.xadd("ai_processing", {"payload": "{}"})
+    sp.wait_log("exited with code 3")
+    return sp, reports(sp.out)[0]
+
+
+def test_forked_worker_is_warm_and_the_spawners_child(
+    redis_url: str, r: redis.Redis, spawner_factory: Any
+) -> None:
+    sp, report = run_one(redis_url, r, spawner_factory)
+    assert report["warm"] is True  # forked from the fork server, imports done
+    assert report["ppid"] == sp.pid  # re-parented: the spawner reaps it
+    assert report["value"] == "from PYTHONPATH"
+    assert report["main"] == "__main__"
+    assert report["argv"] == [worker_script("env_report.py")]
+    assert report["pid"] == sp.spawned()[0][2]
+
+
+def test_interpreter_startup_settings_force_an_exec(
+    redis_url: str, r: redis.Redis, spawner_factory: Any
+) -> None:
+    env = {"PYTHONPATH": str(WORKERS / "pathdir"), "EXIT_CODE": "3", "PYTHONHASHSEED": "7"}
+    sp, report = run_one(redis_url, r, spawner_factory, env=env)
+    assert report["warm"] is False and report["hashseed"] == "7"
+    assert report["ppid"] == sp.pid and report["value"] == "from PYTHONPATH"
+
+
+def test_fork_server_can_be_switched_off(
+    redis_url: str, r: redis.Redis, spawner_factory: Any
+) -> None:
+    queue = {
+        "script": worker_script("env_report.py"),
+        "label": "AI",
+        "cooldown": 60,
+        "env": {"PYTHONPATH": str(WORKERS / "pathdir"), "EXIT_CODE": "3"},
+    }
+    sp = spawner_factory(redis_url, {"ai_processing": queue}, spawner={"fork_server": False})
+    sp.start()
+    r.xadd("ai_processing", {"payload": "{}"})
+    sp.wait_log("exited with code 3")
+    assert wait_until(lambda: reports(sp.out))[0]["warm"] is False

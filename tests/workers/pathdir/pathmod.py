@@ -1,0 +1,3 @@
+"""A module only importable when PYTHONPATH names this directory."""
+
+VALUE = "from PYTHONPATH"
