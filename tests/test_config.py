@@ -22,14 +22,18 @@ def problems(data: Any) -> list[str]:
 
 def test_shipped_config_has_the_seed_queues() -> None:
     config = load_config(ROOT / "config" / "workers.yaml")
-    got = {n: (q.label, q.max_concurrent, q.cooldown_s, q.max_runtime_s)
-           for n, q in config.queues.items()}
+    got = {
+        n: (q.label, q.max_concurrent, q.cooldown_s, q.max_runtime_s)
+        for n, q in config.queues.items()
+    }
     assert got["ai_processing"] == ("AI", 3, 10.0, 300.0)
     assert got["supabase_upload"] == ("UPLOAD", 2, 5.0, 180.0)
     assert got["investor_processing"] == ("INVESTOR", 1, 15.0, 240.0)
     assert config.queues["ai_processing"].then == "supabase_upload"
     assert config.queues["ai_processing"].argv == (
-        sys.executable, str(ROOT / "workers" / "ephemeral_ai_worker.py"))
+        sys.executable,
+        str(ROOT / "workers" / "ephemeral_ai_worker.py"),
+    )
 
 
 def test_defaults() -> None:
@@ -44,23 +48,26 @@ def test_defaults() -> None:
 
 
 def test_env_overrides_redis_url() -> None:
-    config = parse_config({"queues": {"q": {"command": ["true"]}}},
-                          env={"ORCH_REDIS_URL": "redis://elsewhere:1/2"})
+    config = parse_config(
+        {"queues": {"q": {"command": ["true"]}}}, env={"ORCH_REDIS_URL": "redis://elsewhere:1/2"}
+    )
     assert config.redis_url == "redis://elsewhere:1/2"
 
 
 def test_every_problem_is_named_with_its_path() -> None:
-    got = problems({
-        "spawner": {"poll_interval": "fast", "max_total_workers": 0, "stop_grace": -1},
-        "queues": {
-            "ai": {"script": "x.py", "max_concurrent": 0, "bogus": 1, "then": "nowhere"},
-            "up": {"command": "not-a-list"},
-            "none": {},
-            "both": {"script": "a", "command": ["b"]},
-            "kind": {"script": "a", "backend": "kafka"},
-        },
-        "extra": 1,
-    })
+    got = problems(
+        {
+            "spawner": {"poll_interval": "fast", "max_total_workers": 0, "stop_grace": -1},
+            "queues": {
+                "ai": {"script": "x.py", "max_concurrent": 0, "bogus": 1, "then": "nowhere"},
+                "up": {"command": "not-a-list"},
+                "none": {},
+                "both": {"script": "a", "command": ["b"]},
+                "kind": {"script": "a", "backend": "kafka"},
+            },
+            "extra": 1,
+        }
+    )
     assert set(got) == {
         "spawner.poll_interval: must be a number, got str 'fast'",
         "spawner.max_total_workers: must be 'auto' or an integer >= 1, got 0",
@@ -78,12 +85,14 @@ def test_every_problem_is_named_with_its_path() -> None:
 
 def test_booleans_are_not_numbers() -> None:
     assert problems({"queues": {"q": {"command": ["x"], "max_concurrent": True}}}) == [
-        "queues.q.max_concurrent: must be an integer, got bool True"]
+        "queues.q.max_concurrent: must be an integer, got bool True"
+    ]
 
 
 def test_two_queues_cannot_share_a_stream() -> None:
-    assert problems({"queues": {"a": {"command": ["x"]}, "b": {"command": ["x"], "stream": "a"}}}) == [
-        "queues.b.stream: 'a' is used by 'a' too"]
+    assert problems(
+        {"queues": {"a": {"command": ["x"]}, "b": {"command": ["x"], "stream": "a"}}}
+    ) == ["queues.b.stream: 'a' is used by 'a' too"]
 
 
 def test_check_command(tmp_path: Path) -> None:
@@ -93,9 +102,12 @@ def test_check_command(tmp_path: Path) -> None:
     out = subprocess.run([*run, str(bad)], capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.splitlines() == [
-        "queues.ai.max_concurrent: must be >= 1, got 0", "queues.ai.cooldwn: unknown key"]
-    good = subprocess.run([*run, str(ROOT / "config" / "workers.yaml")], capture_output=True,
-                          text=True)
+        "queues.ai.max_concurrent: must be >= 1, got 0",
+        "queues.ai.cooldwn: unknown key",
+    ]
+    good = subprocess.run(
+        [*run, str(ROOT / "config" / "workers.yaml")], capture_output=True, text=True
+    )
     assert good.returncode == 0, good.stderr
     assert "max_concurrent: 3" in good.stdout and "poll_interval: 1.0" in good.stdout
     broken = tmp_path / "broken.yaml"

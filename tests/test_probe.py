@@ -13,11 +13,16 @@ from orchestrator.config import parse_config
 from orchestrator.embedded import EmbeddedRedis
 from orchestrator.queues import DepthProbe
 
-CONFIG = parse_config({"queues": {
-    "ai": {"command": ["x"]},
-    "up": {"command": ["x"], "stream": "uploads", "group": "uploaders"},
-    "rq_jobs": {"command": ["x"], "backend": "rq"},
-}}, env={})
+CONFIG = parse_config(
+    {
+        "queues": {
+            "ai": {"command": ["x"]},
+            "up": {"command": ["x"], "stream": "uploads", "group": "uploaders"},
+            "rq_jobs": {"command": ["x"], "backend": "rq"},
+        }
+    },
+    env={},
+)
 
 
 @pytest.fixture(params=["redis7", "redis62"])
@@ -64,8 +69,9 @@ def test_lag_after_deletions_is_counted(server: EmbeddedRedis) -> None:
 
 def test_one_round_trip_per_probe(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     client = redis.Redis.from_url(redis_url)
-    queues = parse_config({"queues": {f"q{i}": {"command": ["x"]} for i in range(20)}},
-                          env={}).queues
+    queues = parse_config(
+        {"queues": {f"q{i}": {"command": ["x"]} for i in range(20)}}, env={}
+    ).queues
     probe = DepthProbe(queues.values())
     probe.load(client)
     sends = []

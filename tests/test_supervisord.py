@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import psutil
 import redis
@@ -31,12 +30,21 @@ def test_supervisord_starts_and_stops_the_orchestrator(
     config = {
         "redis": {"url": redis_url},
         "spawner": {"poll_interval": 0.2, "stop_grace": 1, "host": "test-supervised"},
-        "queues": {"ai_processing": {"label": "AI", "script": worker_script("stubborn.py"),
-                                     "max_concurrent": 3, "cooldown": 0}},
+        "queues": {
+            "ai_processing": {
+                "label": "AI",
+                "script": worker_script("stubborn.py"),
+                "max_concurrent": 3,
+                "cooldown": 0,
+            }
+        },
     }
     (tmp_path / "workers.yaml").write_text(yaml.safe_dump(config))
-    env = {**os.environ, "ORCH_CONFIG": str(tmp_path / "workers.yaml"),
-           "TEST_OUT": str(tmp_path / "out")}
+    env = {
+        **os.environ,
+        "ORCH_CONFIG": str(tmp_path / "workers.yaml"),
+        "TEST_OUT": str(tmp_path / "out"),
+    }
     ctl = [str(BIN / "supervisorctl"), "-c", str(conf_path)]
     daemon = subprocess.Popen([str(BIN / "supervisord"), "-n", "-c", str(conf_path)], env=env)
     try:
@@ -45,12 +53,14 @@ def test_supervisord_starts_and_stops_the_orchestrator(
         for i in range(3):
             r.xadd("ai_processing", {"payload": json.dumps({"id": i})})
         wait_until(lambda: len(SPAWN_RE.findall(log.read_text())) == 3, 15)
-        trees = wait_until(lambda: (t := list((tmp_path / "out").glob("*.tree"))) and
-                           len(t) == 3 and t)
+        trees = wait_until(
+            lambda: (t := list((tmp_path / "out").glob("*.tree"))) and len(t) == 3 and t
+        )
         pids = [int(p) for t in trees for p in t.read_text().split()]
         assert all(pid_alive(p) for p in pids)
-        stop = subprocess.run([*ctl, "stop", "orchestrator"], capture_output=True, text=True,
-                              timeout=60)
+        stop = subprocess.run(
+            [*ctl, "stop", "orchestrator"], capture_output=True, text=True, timeout=60
+        )
         assert "stopped" in stop.stdout, stop.stdout + stop.stderr
         assert [p for p in pids if pid_alive(p)] == []
         assert "Spawner on test-supervised stopped" in log.read_text()
@@ -67,5 +77,3 @@ def _cmdline(p: psutil.Process) -> list[str]:
         return p.cmdline()
     except psutil.Error:
         return []
-
-
