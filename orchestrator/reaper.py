@@ -121,22 +121,26 @@ class Reaper:
         None. Consumers with nothing pending are deleted too.
         """
         results: list[ParkResult] = []
-        for queue in config.queues.values():
-            if queue.backend is not Backend.STREAM:
-                continue
-            for info in self._consumers(queue):
+        for queue, rows in self._consumers(config):
+            for info in rows:
                 name = str(info["name"])
                 reason = is_dead(queue, name, float(info.get("idle", 0)) / 1000.0)
                 if reason is not None:
                     results.append(self.park(queue, name, reason, dry_run=dry_run))
         return results
 
-    def _consumers(self, queue: QueueConfig) -> list[dict[str, Any]]:
-        try:
-            rows = self.client.xinfo_consumers(queue.stream, queue.group)
-        except redis.ResponseError:  # no stream or group yet: nothing to reap
-            return []
-        return [{_text(k): _value(v) for k, v in row.items()} for row in rows]
+    def _consumers(self, config: Config) -> list[tuple[QueueConfig, list[dict[str, Any]]]]:
+        """Every stream queue's consumers, in one round trip."""
+        queues = [q for q in config.queues.values() if q.backend is Backend.STREAM]
+        pipe = self.client.pipeline(transaction=False)
+        for queue in queues:
+            pipe.xinfo_consumers(queue.stream, queue.group)
+        out = []
+        for queue, rows in zip(queues, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(rows, redis.ResponseError):  # no stream or group yet: nothing to reap
+                continue
+            out.append((queue, [{_text(k): _value(v) for k, v in row.items()} for row in rows]))
+        return out
 
 
 def split_shares(parked: int, targets: Sequence[str]) -> dict[str, int]:
