@@ -45,6 +45,15 @@ class Recovery:
             self.deferred.append((q, consumer, reason))
             self.health.failed(time.monotonic(), exc)
             return 0
+        except redis.RedisError as exc:  # Redis refused: say so, and keep serving
+            self.events.error(
+                "recover_failed",
+                "❌",
+                f"Could not recover the work of {consumer} ({q.label}): {exc}",
+                queue=q.name,
+                consumer=consumer,
+            )
+            return 0
 
     def retry_deferred(self) -> None:
         """Run the recoveries an outage held back; stop at the first failure."""

@@ -225,6 +225,9 @@ class WorkerSpawner:
             self.watch.reset()
             self.health.failed(time.monotonic(), exc)
             self.next_tick = max(self.next_tick, self.health.retry_at)
+        except redis.RedisError as exc:  # a refused command: log it, never die of it
+            self.watch.reset()
+            self.events.error("tick_failed", "❌", f"Redis refused a command: {exc}")
 
     def _probe(self) -> tuple[dict[str, QueueDepth], set[str]]:
         """The tick's one round trip: depths, live hosts, our heartbeat."""

@@ -10,6 +10,7 @@ from typing import Any
 
 import redis
 
+from orchestrator.procs import wait_gone
 from tests.helpers import wait_until
 from tests.spawn_harness import worker_script
 
@@ -117,3 +118,61 @@ def test_sigterm_stops_a_worker_waiting_for_work_at_once(
     assert sp.stop() == 0
     assert time.monotonic() - started < 5  # not idle_timeout, not stop_grace
     assert sp.lines("exiting after") and sp.lines("exited with code 0")
+
+
+def test_overdue_worker_is_killed_with_its_tree_and_its_job_runs_again(
+    redis_url: str, r: redis.Redis, spawner_factory: Any
+) -> None:
+    sp = spawner_factory(
+        redis_url,
+        {"ai_processing": queue(label="AI", max_runtime=1.5)},
+        spawner={"stop_grace": 0.5},
+    )
+    sp.start()
+    add(r, "ai_processing", {"id": "stuck", "action": "hang-once"})
+    tree = wait_until(lambda: next(sp.out.glob("stuck.tree"), None))
+    worker, grandchild = map(int, tree.read_text().split())
+    sp.wait_log("max_runtime 1.5s exceeded")
+    sp.wait_log("killed by signal 9")
+    assert wait_gone([worker, grandchild], 5.0) == []
+    wait_until(lambda: r.sismember("test:done", "stuck"), 15, message=lambda: sp.text()[-2000:])
+    first, second = (line.split()[1] for line in r.lrange("test:started", 0, -1))
+    assert first != second  # ran again, in another worker
+    assert pending(r, "ai_processing") == 0 and r.xlen("ai_processing:dead") == 0
+
+
+def test_restarted_spawner_recovers_its_dead_workers_entries(
+    redis_url: str, r: redis.Redis, spawner_factory: Any
+) -> None:
+    queues = {"ai_processing": queue(label="AI", max_concurrent=2, batch_size=1)}
+    sp = spawner_factory(redis_url, queues).start()
+    jobs = [{"id": f"slow{i}", "action": "sleep-once", "seconds": 60} for i in range(2)]
+    add(r, "ai_processing", *jobs)
+    wait_until(lambda: r.llen("test:started") == 2)
+    victims = [pid for _, _, pid, _ in sp.spawned()]
+    for pid in [*victims, sp.pid]:  # the host dies: nothing can finish or clean up
+        os.kill(pid, signal.SIGKILL)
+    sp.proc.wait()
+    assert wait_gone(victims, 5.0) == []
+    assert pending(r, "ai_processing") == 2  # stuck on dead consumers, as in seed 001
+    sp2 = spawner_factory(redis_url, queues, name="spawner").start()  # same host name
+    sp2.wait_log("Recovered", count=2)
+    wait_until(lambda: r.smembers("test:done") == {"slow0", "slow1"}, 10)
+    assert pending(r, "ai_processing") == 0 and r.xlen("ai_processing:dead") == 0
+
+
+def test_restarted_spawner_adopts_workers_still_finishing(
+    redis_url: str, r: redis.Redis, spawner_factory: Any
+) -> None:
+    queues = {"ai_processing": queue(label="AI", batch_size=1, idle_timeout=0.2)}
+    sp = spawner_factory(redis_url, queues).start()
+    add(r, "ai_processing", {"id": "long", "action": "sleep", "seconds": 3})
+    wait_until(lambda: r.llen("test:started") == 1)
+    os.kill(sp.pid, signal.SIGKILL)  # the worker gets SIGTERM: it finishes its job first
+    sp.proc.wait()
+    sp2 = spawner_factory(redis_url, queues, name="spawner").start()
+    sp2.wait_log("Adopted running worker")
+    wait_until(lambda: r.sismember("test:done", "long"), 10)
+    sp2.wait_log(" gone after")  # noticed without SIGCHLD: it is not our child
+    assert r.llen("test:started") == 1  # ran once, not recovered from under it
+    assert pending(r, "ai_processing") == 0

@@ -22,6 +22,18 @@ local group, from, to = ARGV[1], ARGV[2], ARGV[3]
 local max_attempts, err, failed_at = tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local dry = ARGV[7] == '1'
 
+-- No stream or group (never created, or deleted by an operator): nothing
+-- can be pending on the consumer, so there is nothing to recover.
+local groups = redis.pcall('XINFO', 'GROUPS', stream)
+if type(groups) == 'table' and groups.err then return {0, 0, 0} end
+local found = false
+for _, g in ipairs(groups) do
+  for i = 1, #g, 2 do
+    if g[i] == 'name' and g[i + 1] == group then found = true end
+  end
+end
+if not found then return {0, 0, 0} end
+
 local marker = redis.call('GET', marker_key)
 local in_hand = {}
 if marker then
