@@ -23,8 +23,7 @@ import select
 import signal
 import sys
 import time
-from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import psutil
@@ -38,11 +37,11 @@ from orchestrator.launcher import Launcher, worker_env
 from orchestrator.logs import Events
 from orchestrator.procs import ExitStatus
 from orchestrator.queues import DepthProbe, QueueDepth, StreamWatch
+from orchestrator.queuestate import QueueState, apply_config
 from orchestrator.reaper import PARKING_CONSUMER, Liveness, classify, split_shares
 from orchestrator.recovery import Recovery
 from orchestrator.status import (
     HostStatus,
-    QueueStatus,
     WorkerStatus,
     publish,
     status_line,
@@ -52,19 +51,6 @@ from orchestrator.status import (
 SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 MIN_TICK_INTERVAL_S = 0.005
 SWEEP_INTERVAL_S = 30.0
-
-
-@dataclass
-class QueueState:
-    """What the spawner remembers about one queue between ticks."""
-
-    config: QueueConfig
-    exits: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
-    backoff: scaling.Backoff = field(default_factory=scaling.Backoff)
-    depth: QueueDepth | None = None
-    parked: int = 0
-    stranded: bool = False  # a worker died holding work: refill without cooldown
-    retired: bool = False  # removed from the config by a reload
 
 
 class WorkerSpawner:
@@ -109,8 +95,7 @@ class WorkerSpawner:
             return False
         if len(self.fleet) >= self.config.spawner.max_total_workers:
             return False
-        facts = self._facts(state, time.monotonic(), backlog=state.config.max_concurrent)
-        return scaling.wanted_new(facts) > 0
+        return self._room(queue, time.monotonic()) > 0
 
     def spawn_worker(self, queue: str, parked_share: int = 0) -> Worker | None:
         """Start one worker of ``queue`` if allowed; its lease is recorded."""
@@ -266,29 +251,15 @@ class WorkerSpawner:
         self._hand_out_to_idle()
         self._arm_watch(now)
 
-    def _facts(
-        self, state: QueueState, now: float, backlog: int | None = None
-    ) -> scaling.QueueFacts:
-        q = state.config
-        workers = self.fleet.of_queue(q.name)
-        depth = state.depth
-        held = depth.pending_by_consumer if depth else {}
-        if backlog is None:
-            backlog = (depth.undelivered if depth else 0) + state.parked
-        cooling = 0 if state.stranded else scaling.cooling_slots(state.exits, now, q.cooldown_s)
-        return scaling.QueueFacts(
-            name=q.name,
-            max_concurrent=q.max_concurrent,
-            jobs_per_worker=q.jobs_per_worker,
-            live=len(workers),
-            idle_live=scaling.split_idle(held, [w.lease.consumer for w in workers]),
-            backlog=backlog,
-            cooling=cooling,
-            blocked=state.retired or state.backoff.until > now,
-        )
+    def _facts(self, name: str, now: float, backlog: int | None = None) -> scaling.QueueFacts:
+        return self.queues[name].facts(self.fleet.of_queue(name), now, backlog)
+
+    def _room(self, name: str, now: float) -> int:
+        """Workers this queue could start now if it had the work for them."""
+        return scaling.wanted_new(self._facts(name, now, self.queues[name].config.max_concurrent))
 
     def _spawn_planned(self, now: float) -> None:
-        facts = [self._facts(s, now) for s in self.queues.values() if not s.retired]
+        facts = [self._facts(n, now) for n, s in self.queues.items() if not s.retired]
         plan = scaling.plan_spawns(
             facts, len(self.fleet), self.config.spawner.max_total_workers, self.memory_ok
         )
@@ -296,23 +267,19 @@ class WorkerSpawner:
             state = self.queues[name]
             # Parked entries are shared between the new workers and the idle
             # live ones (those get theirs in _hand_out_to_idle).
-            idle = [w for w in self.fleet.of_queue(name) if self._holds(state, w) == 0]
+            idle = [w for w in self.fleet.of_queue(name) if state.holds(w) == 0]
             slots = [f"new{i}" for i in range(count)] + [w.worker_id for w in idle]
             shares = split_shares(state.parked, slots)
             for i in range(count):
                 self._start(state.config, shares.get(f"new{i}", 0))
             state.stranded = False
 
-    def _holds(self, state: QueueState, worker: Worker) -> int:
-        depth = state.depth
-        return depth.pending_by_consumer.get(worker.lease.consumer, 0) if depth else 0
-
     def _hand_out_to_idle(self) -> None:
         """Parked entries left over go to live workers that hold nothing."""
         for state in self.queues.values():
             if state.parked <= 0 or state.config.backend is not Backend.STREAM:
                 continue
-            idle = [w for w in self.fleet.of_queue(state.config.name) if self._holds(state, w) == 0]
+            idle = [w for w in self.fleet.of_queue(state.config.name) if state.holds(w) == 0]
             idle = [w for w in idle if w.stop_reason is None]
             if not idle:
                 continue
@@ -337,7 +304,7 @@ class WorkerSpawner:
             q, depth = state.config, state.depth
             if q.backend is not Backend.STREAM or depth is None or self.stopping:
                 continue
-            if scaling.wanted_new(self._facts(state, now, backlog=q.max_concurrent)) > 0:
+            if self._room(q.name, now) > 0:
                 positions[q.stream] = depth.last_id
         self.watch.arm(positions)
 
@@ -471,11 +438,8 @@ class WorkerSpawner:
         if state is None:
             return
         now = time.monotonic() if now is None else now
-        state.exits.append(now)
         spawner = self.config.spawner
-        state.backoff = state.backoff.after_exit(
-            now, runtime, failed, spawner.crash_window_s, max_s=spawner.crash_backoff_max_s
-        )
+        state.record_exit(now, runtime, failed, spawner.crash_window_s, spawner.crash_backoff_max_s)
         if state.backoff.streak >= 2:
             self.events.warning(
                 "crash_loop",
@@ -525,23 +489,7 @@ class WorkerSpawner:
 
     def snapshot(self) -> HostStatus:
         now = time.monotonic()
-        queues = []
-        for state in self.queues.values():
-            q, d = state.config, state.depth
-            facts = self._facts(state, now)
-            queues.append(
-                QueueStatus(
-                    name=q.name,
-                    label=q.label,
-                    live=facts.live,
-                    max_concurrent=q.max_concurrent,
-                    backlog=facts.backlog,
-                    pending=d.pending - state.parked if d else 0,
-                    oldest_age_s=d.oldest_age_s if d else None,
-                    dead_letters=d.dead_letters if d else 0,
-                    backlog_exact=d.exact if d else True,
-                )
-            )
+        queues = [s.status(self.fleet.of_queue(n), now) for n, s in self.queues.items()]
         workers = [
             WorkerStatus(
                 w.worker_id, w.queue, w.pid, w.lease.consumer, w.lease.started_at, w.lease.deadline
@@ -570,12 +518,7 @@ class WorkerSpawner:
 
     def _apply_config(self, config: Config) -> None:
         self.config = config
-        for name, state in self.queues.items():
-            state.retired = name not in config.queues
-            if not state.retired:
-                state.config = config.queues[name]
-        for name, q in config.queues.items():
-            self.queues.setdefault(name, QueueState(config=q))
+        apply_config(self.queues, config.queues)
         self.probe = DepthProbe(s.config for s in self.queues.values())
         self.next_tick = 0.0
 
@@ -593,10 +536,7 @@ class WorkerSpawner:
             if not w.child:  # adopted: no SIGCHLD for it, so poll
                 due.append(now_mono + self.config.spawner.poll_interval_s)
         for state in self.queues.values():
-            if state.backoff.until > now_mono:
-                due.append(state.backoff.until)
-            cooldown = state.config.cooldown_s
-            due.extend(t + cooldown for t in state.exits if t + cooldown > now_mono)
+            due.extend(state.due(now_mono))
         return max(min(due), now_mono + MIN_TICK_INTERVAL_S)
 
     def _memory_ok(self) -> bool:

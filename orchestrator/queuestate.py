@@ -1,0 +1,92 @@
+"""What the spawner remembers about one queue between ticks.
+
+The last probe of its depth, its parked entries, the recent exits of its
+workers (for ``cooldown``), its crash-loop backoff, and whether a reload
+removed it. From these and the queue's live workers come the facts the pure
+``scaling`` rules decide on, and the queue's row of the status snapshot.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from orchestrator import scaling
+from orchestrator.config import QueueConfig
+from orchestrator.fleet import Worker
+from orchestrator.queues import QueueDepth
+from orchestrator.status import QueueStatus
+
+
+@dataclass
+class QueueState:
+    config: QueueConfig
+    exits: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
+    backoff: scaling.Backoff = field(default_factory=scaling.Backoff)
+    depth: QueueDepth | None = None
+    parked: int = 0
+    stranded: bool = False  # a worker died holding work: refill without cooldown
+    retired: bool = False  # removed from the config by a reload
+
+    def facts(
+        self, workers: Sequence[Worker], now: float, backlog: int | None = None
+    ) -> scaling.QueueFacts:
+        """The scaling facts; ``backlog`` overrides the measured one."""
+        q, depth = self.config, self.depth
+        held = depth.pending_by_consumer if depth else {}
+        if backlog is None:
+            backlog = (depth.undelivered if depth else 0) + self.parked
+        cooling = 0 if self.stranded else scaling.cooling_slots(self.exits, now, q.cooldown_s)
+        return scaling.QueueFacts(
+            name=q.name,
+            max_concurrent=q.max_concurrent,
+            jobs_per_worker=q.jobs_per_worker,
+            live=len(workers),
+            idle_live=scaling.split_idle(held, [w.lease.consumer for w in workers]),
+            backlog=backlog,
+            cooling=cooling,
+            blocked=self.retired or self.backoff.until > now,
+        )
+
+    def holds(self, worker: Worker) -> int:
+        """Entries pending on ``worker`` at the last probe."""
+        return self.depth.pending_by_consumer.get(worker.lease.consumer, 0) if self.depth else 0
+
+    def record_exit(
+        self, now: float, runtime_s: float, failed: bool, window_s: float, max_s: float
+    ) -> None:
+        self.exits.append(now)
+        self.backoff = self.backoff.after_exit(now, runtime_s, failed, window_s, max_s=max_s)
+
+    def due(self, now: float) -> list[float]:
+        """When backoff or a cooling slot ends: a tick may then spawn."""
+        times = [self.backoff.until] if self.backoff.until > now else []
+        cooldown = self.config.cooldown_s
+        return times + [t + cooldown for t in self.exits if t + cooldown > now]
+
+    def status(self, workers: Sequence[Worker], now: float) -> QueueStatus:
+        q, d = self.config, self.depth
+        facts = self.facts(workers, now)
+        return QueueStatus(
+            name=q.name,
+            label=q.label,
+            live=facts.live,
+            max_concurrent=q.max_concurrent,
+            backlog=facts.backlog,
+            pending=d.pending - self.parked if d else 0,
+            oldest_age_s=d.oldest_age_s if d else None,
+            dead_letters=d.dead_letters if d else 0,
+            backlog_exact=d.exact if d else True,
+        )
+
+
+def apply_config(queues: dict[str, QueueState], configured: Mapping[str, QueueConfig]) -> None:
+    """Follow a (re)loaded config: new queues join; removed ones retire, so
+    their workers finish while nothing new starts for them."""
+    for name, state in queues.items():
+        state.retired = name not in configured
+        if not state.retired:
+            state.config = configured[name]
+    for name, q in configured.items():
+        queues.setdefault(name, QueueState(config=q))
