@@ -1,0 +1,173 @@
+"""The formula language: what parses, what it means, and how it refuses."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from orchestrator.engine import FormulaError, parse_formula
+from orchestrator.engine.formula import render
+from orchestrator.engine.lexer import TokenKind, tokenize
+
+
+def canonical(text: str, **parameters: float) -> str:
+    return render(parse_formula(text, parameters).root)
+
+
+def test_the_example_from_the_issue() -> None:
+    formula = parse_formula("rsi(14) < 30 and close > sma(200) and volume > 2 * sma(volume, 20)")
+    assert [render(c) for c in formula.indicators] == [
+        "rsi(close, 14)",
+        "sma(close, 200)",
+        "sma(volume, 20)",
+    ]
+    assert render(formula.root) == (
+        "(((rsi(close, 14) < 30) and (close > sma(close, 200)))"
+        " and (volume > (2 * sma(volume, 20))))"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("close > 1 or open > 1 and high > 1", "((close > 1) or ((open > 1) and (high > 1)))"),
+        ("not close > 1 and open > 1", "(not (close > 1) and (open > 1))"),
+        ("not not close > 1", "not not (close > 1)"),
+        ("close - open * 2 > 1", "((close - (open * 2)) > 1)"),
+        ("(close - open) * 2 > 1", "(((close - open) * 2) > 1)"),
+        ("close / open / 2 > 1", "(((close / open) / 2) > 1)"),
+        ("-close < -1", "(-close < -1)"),
+        ("close > 2 * 3 + 1", "(close > 7)"),  # constants fold
+        ("RSI(14) < 30 AND Close > 1", "((rsi(close, 14) < 30) and (close > 1))"),
+        ("close >= 1.5e2", "(close >= 150)"),
+        ("close != .5", "(close != 0.5)"),
+    ],
+)
+def test_precedence_and_canonical_form(text: str, expected: str) -> None:
+    assert canonical(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "indicator"),
+    [
+        ("rsi() < 30", "rsi(close, 14)"),
+        ("macd_hist() > 0", "macd_hist(close, 12, 26, 9)"),
+        ("macd_signal(5, 35) > 0", "macd_signal(close, 5, 35, 9)"),
+        ("close > bbands_upper(20)", "bbands_upper(close, 20, 2)"),
+        ("close > bbands_lower(close, 20, 1.5)", "bbands_lower(close, 20, 1.5)"),
+        ("atr() > 1", "atr(14)"),
+        ("roc(high) > 1", "roc(high, 10)"),
+        ("close > highest(high, 20)", "highest(high, 20)"),
+        ("close < lowest(20)", "lowest(close, 20)"),
+        ("ema(close - open, 5) > 0", "ema(close - open, 5)"),
+    ],
+)
+def test_defaults_are_filled_in(text: str, indicator: str) -> None:
+    assert [render(c) for c in parse_formula(text).indicators] == [indicator]
+
+
+def test_nested_and_repeated_indicators_are_listed_once_in_order() -> None:
+    formula = parse_formula(
+        "sma(rsi(14), 5) > 50 and rsi(14) > 50 and crosses_above(ema(9), ema(21))"
+    )
+    assert [render(c) for c in formula.indicators] == [
+        "sma(rsi(close, 14), 5)",
+        "rsi(close, 14)",
+        "ema(close, 9)",
+        "ema(close, 21)",
+    ]
+
+
+def test_parameters_are_numbers_the_formula_names() -> None:
+    formula = parse_formula("rsi(n) < limit and close > sma(2 * n)", {"n": 10, "limit": 25})
+    assert render(formula.root) == "((rsi(close, 10) < 25) and (close > sma(close, 20)))"
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"close": 1}, "not allowed"),
+        ({"and": 1}, "not allowed"),
+        ({"sma": 1}, "not allowed"),
+        ({"n": "14"}, "must be a number"),
+        ({"n": True}, "must be a number"),
+    ],
+)
+def test_bad_parameters_are_refused(parameters: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_formula("close > 1", parameters)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("text", "message", "column"),
+    [
+        ("", "the formula is empty", 1),
+        ("closee > 1", "unknown name 'closee' (did you mean 'close'?)", 1),
+        ("close > smaa(20)", "unknown function 'smaa' (did you mean 'sma'?)", 9),
+        ("close > foo(20)", "unknown function 'foo' (known: sma([source,] period)", 9),
+        ("close(1) > 2", "a column is not a function", 1),
+        ("close > sma", "'sma' is a function: call it as sma([source,] period)", 9),
+        ("sma() > 1", "sma() needs its period: sma([source,] period)", 1),
+        ("sma(close, 20, 3) > 1", "too many arguments: sma([source,] period)", 16),
+        ("sma(20, 3) > 1", "too many arguments", 9),
+        ("sma(close, 2.5) > 1", "the period of sma() must be a whole number", 12),
+        ("sma(close, 0) > 1", "the period of sma() must be >= 1, got 0", 12),
+        ("sma(close, volume) > 1", "the period of sma() must be a number known in advance", 12),
+        ("sma(close > 1, 5) > 1", "sma() needs a number, got a condition", 5),
+        ("crosses_above(close) ", "crosses_above() needs 2 arguments", 1),
+        ("crosses_above(close, 1) > 1", "'>' needs a number, got a condition", 1),
+        ("close", "a formula must be a condition (true/false)", 1),
+        ("close + 1", "a formula must be a condition", 1),
+        ("close > 1 and 2", "'and' needs a condition (true/false), got a number", 15),
+        ("close or open > 1", "'or' needs a condition (true/false), got a number", 1),
+        ("not close", "'not' needs a condition", 5),
+        ("(close > 1) + 1 > 2", "'+' needs a number, got a condition", 2),
+        ("1 < close < 2", "comparisons do not chain", 11),
+        ("close > ", "expected a number, a name or '(', found the end of the formula", 9),
+        ("close > 1)", "unexpected ')' after a complete expression", 10),
+        ("(close > 1", "expected ')' to close the '(', found the end of the formula", 11),
+        ("sma(close, 5 > 1", "expected ')' to close the call of sma", 17),
+        ("close = 1", "unexpected character '=': use '==' to compare for equality", 7),
+        ("close > 1 && open > 1", "unexpected character '&': use 'and'", 11),
+        ("close > 1 / 0", "division by zero", 11),
+        ("__import__('os').system('true')", 'unexpected character "\'"', 12),
+    ],
+)
+def test_errors_say_what_and_where(text: str, message: str, column: int) -> None:
+    with pytest.raises(FormulaError) as caught:
+        parse_formula(text)
+    assert message in caught.value.message
+    assert caught.value.column == column
+
+
+def test_an_error_points_at_its_column() -> None:
+    with pytest.raises(FormulaError) as caught:
+        parse_formula("rsi(14) < 30 and close > smaa(200)")
+    lines = str(caught.value).splitlines()
+    assert lines[0] == "unknown function 'smaa' (did you mean 'sma'?) (column 26)"
+    assert lines[1] == "  rsi(14) < 30 and close > smaa(200)"
+    assert lines[2] == "  " + " " * 25 + "^"
+
+
+def test_errors_and_formulas_pickle() -> None:
+    formula = parse_formula("crosses_above(ema(9), ema(21)) and rsi() > 50")
+    assert pickle.loads(pickle.dumps(formula)) == formula
+    error = FormulaError("boom", "close >", 7)
+    again = pickle.loads(pickle.dumps(error))
+    assert (again.message, again.text, again.position) == ("boom", "close >", 7)
+
+
+def test_tokens() -> None:
+    tokens = tokenize("sma(close,20)>=1.5")
+    assert [(t.kind, t.text, t.position) for t in tokens] == [
+        (TokenKind.NAME, "sma", 0),
+        (TokenKind.OP, "(", 3),
+        (TokenKind.NAME, "close", 4),
+        (TokenKind.OP, ",", 9),
+        (TokenKind.NUMBER, "20", 10),
+        (TokenKind.OP, ")", 12),
+        (TokenKind.OP, ">=", 13),
+        (TokenKind.NUMBER, "1.5", 15),
+        (TokenKind.END, "", 18),
+    ]
