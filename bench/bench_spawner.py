@@ -136,8 +136,14 @@ def idle_cost(url: str, seconds: float = 30.0) -> dict[str, float]:
     last, so one-off start-up and shutdown calls are not averaged in; the
     30-second consumer sweep is (once per run)."""
     queues = {f"queue_{i:02d}": {"command": ["true"], "max_concurrent": 2} for i in range(20)}
-    config = parse_config({"redis": {"url": url}, "spawner": {"host": "bench-idle",
-                           "status_interval": 3600}, "queues": queues}, env={})
+    config = parse_config(
+        {
+            "redis": {"url": url},
+            "spawner": {"host": "bench-idle", "status_interval": 3600},
+            "queues": queues,
+        },
+        env={},
+    )
     pool = redis.ConnectionPool.from_url(url, connection_class=CountingConnection)
     spawner = WorkerSpawner(config, redis.Redis(connection_pool=pool), events=Events())
     marks: list[tuple[int, float, float]] = []  # (sends so far, CPU s, wall s) per tick
@@ -152,8 +158,11 @@ def idle_cost(url: str, seconds: float = 30.0) -> dict[str, float]:
     spawner.run()
     (sends1, cpu1, wall1), (sends_n, cpu_n, wall_n) = marks[1], marks[-1]
     ticks = len(marks) - 2
-    return {"cpu_s_per_min": (cpu_n - cpu1) / (wall_n - wall1) * 60,
-            "ticks": ticks, "round_trips_per_tick": (sends_n - sends1) / ticks}
+    return {
+        "cpu_s_per_min": (cpu_n - cpu1) / (wall_n - wall1) * 60,
+        "ticks": ticks,
+        "round_trips_per_tick": (sends_n - sends1) / ticks,
+    }
 
 
 def main() -> None:

@@ -125,12 +125,14 @@ def status_command(config_path: str, as_json: bool) -> None:
     client = client_for(config)
     with redis_errors():
         hosts = status.read_status(client)
+        scanners = status.read_scanners(client)
     if as_json:
-        click.echo(
-            json.dumps({"alive": bool(hosts), "hosts": [asdict(h) for h in hosts]}, indent=2)
-        )
+        out = {"alive": bool(hosts), "hosts": [asdict(h) for h in hosts], "scanners": scanners}
+        click.echo(json.dumps(out, indent=2))
     elif hosts:
         click.echo(status.format_table(hosts, time.time()))
+        for metrics in scanners:
+            click.echo(f"  scanner {status.scanner_line(metrics)}")
     if not hosts:
         click.echo("No spawner is alive: no host heartbeat in Redis (orch:hosts).", err=True)
         sys.exit(EXIT_FAILURE)
@@ -198,6 +200,37 @@ def reap(config_path: str, dry_run: bool) -> None:
         )
     if not results:
         click.echo("no dead consumers")
+
+
+@cli.command(name="scan-discovery")
+@config_option
+@click.option("--state", default="{}", show_default=True, help="The scanners' state (JSON object).")
+def scan_discovery(config_path: str, state: str) -> None:
+    """Run the discovery scanners once; candidates to stdout as JSON lines.
+
+    Exit 1 if a scanner failed or timed out (the others' candidates are printed).
+    """
+    from orchestrator.scanner.discovery import Status, run_discovery
+
+    config = load(config_path)
+    setup_logging(config.log)
+    try:
+        initial = json.loads(state)
+    except ValueError:
+        initial = None
+    if not isinstance(initial, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--state")
+    sys.path.insert(0, str(config.root))  # scanner modules may live in the repo
+    try:
+        result = run_discovery(config.sections["scanner"].discovery, initial)
+    except ConfigError as exc:  # a target that cannot be imported
+        for line in exc.problems:
+            click.echo(line, err=True)
+        sys.exit(EXIT_USAGE)
+    for candidate in result.candidates:
+        click.echo(json.dumps(candidate, default=str, ensure_ascii=False))
+    if any(o.status is not Status.OK for o in result.outcomes):
+        sys.exit(EXIT_FAILURE)
 
 
 @cli.command()

@@ -483,8 +483,9 @@ def _decode(job: Job) -> str | None:
     return None
 
 
-def _setup(settings: Settings) -> None:
-    """Die with the spawner; log lines name the worker."""
+def prepare_process(settings: Settings) -> None:
+    """What every worker process does first: die with its spawner (and
+    refuse to start if it is gone already), and log in the spawner's format."""
     procs.die_with_parent(signal.SIGTERM)
     if settings.spawner_pid is not None and os.getppid() != settings.spawner_pid:
         raise SystemExit(f"{settings.worker_id}: spawner {settings.spawner_pid} is gone")
@@ -499,7 +500,7 @@ def run_batch_worker(handle_batch: BatchHandler, settings: Settings | None = Non
     after the handler returns, retried together if it raises.
     """
     s = settings or Settings.from_env()
-    _setup(s)
+    prepare_process(s)
     _exit(WorkerRuntime(s, handle_batch).run())
 
 
@@ -510,7 +511,7 @@ def run_worker(handle: Handler, settings: Settings | None = None) -> NoReturn:
     and the rest of the batch stays pending for the next worker.
     """
     s = settings or Settings.from_env()
-    _setup(s)
+    prepare_process(s)
     _exit(WorkerRuntime(s, per_job(handle), one_at_a_time=True).run())
 
 

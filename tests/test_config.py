@@ -114,3 +114,14 @@ def test_check_command(tmp_path: Path) -> None:
     broken.write_text("queues: [\n")
     out = subprocess.run([*run, str(broken)], capture_output=True, text=True)
     assert out.returncode == 2 and "invalid YAML" in out.stderr
+
+
+def test_check_prints_a_config_that_loads_back_the_same(tmp_path: Path) -> None:
+    run = [sys.executable, "-m", "orchestrator", "check", "-c"]
+    first = subprocess.run(
+        [*run, str(ROOT / "config" / "workers.yaml")], capture_output=True, text=True, check=True
+    ).stdout
+    resolved = tmp_path / "resolved.yaml"
+    resolved.write_text(first)
+    second = subprocess.run([*run, str(resolved)], capture_output=True, text=True, check=True)
+    assert second.stdout == first
