@@ -421,7 +421,7 @@ class Heartbeat:
 
     def __init__(self, settings: Settings, client_id: int) -> None:
         self.s = settings
-        self.client = redis.Redis.from_url(settings.redis_url, socket_timeout=5.0)
+        self.client: redis.Redis | None = None  # made by the thread: not on the start-up path
         self.key = keys.worker_heartbeat(settings.consumer)
         self.info: dict[str, Any] = {
             "pid": os.getpid(),
@@ -436,26 +436,34 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._run, name="orch-heartbeat", daemon=True)
 
     def start(self) -> None:
-        self.beat()
+        """Beat now and every ``HEARTBEAT_INTERVAL_S``, from a thread."""
         self._thread.start()
+
+    def _connection(self) -> redis.Redis:
+        if self.client is None:
+            self.client = redis.Redis.from_url(self.s.redis_url, socket_timeout=5.0)
+        return self.client
 
     def beat(self) -> None:
         self.info["at"] = time.time()
         self.info["jobs"] = [job.id for job in self.jobs]
-        self.client.set(self.key, json.dumps(self.info), px=int(HEARTBEAT_TTL_S * 1000))
+        payload = json.dumps(self.info)
+        self._connection().set(self.key, payload, px=int(HEARTBEAT_TTL_S * 1000))
 
     def _run(self) -> None:
-        while not self._stop.wait(HEARTBEAT_INTERVAL_S):
-            try:
+        while True:
+            with contextlib.suppress(redis.RedisError):  # the main loop notices outages
                 self.beat()
-            except redis.RedisError:
-                continue  # the main loop notices outages; a beat can wait
+            if self._stop.wait(HEARTBEAT_INTERVAL_S):
+                return
 
     def stop(self) -> None:
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2.0)
         with contextlib.suppress(redis.RedisError):
-            self.client.delete(self.key)
-        self.client.close()
+            self._connection().delete(self.key)
+        self._connection().close()
 
 
 def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:

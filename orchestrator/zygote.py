@@ -19,6 +19,7 @@ with ``script:``; ``command:`` workers are always started with exec.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import json
 import os
@@ -148,6 +149,7 @@ def serve(fd: int, preload: Sequence[str]) -> int:
     except Exception as exc:
         sock.sendall(json.dumps({"error": f"preload failed: {exc!r}"}).encode() + b"\n")
         return 1
+    gc.freeze()  # what the preload made is shared with workers, not copied by their GC
     sock.sendall(b'{"ready": true}\n')
     reader = sock.makefile("rb")
     for line in reader:
