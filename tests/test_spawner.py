@@ -315,3 +315,27 @@ def test_redis_outage_is_waited_out(tmp_path: Any, spawner_factory: Any) -> None
         assert sp.stop() == 0
     finally:
         server.stop()
+
+
+def test_worker_over_its_memory_cap_is_terminated_with_its_tree(
+    redis_url: str, r: redis.Redis, spawner_factory: Any
+) -> None:
+    sp = spawner_factory(
+        redis_url,
+        {"ai_processing": queue(worker_script("hog.py"), label="AI", max_memory_mb=120)},
+        env={"HOG_MB": "200"},
+        spawner={"stop_grace": 0.5, "poll_interval": 0.1},
+    )
+    sp.start()
+    add_jobs(r, "ai_processing", 1)
+    line = sp.wait_log("Terminating worker", timeout_s=20)[0]
+    assert "memory" in line and "> max_memory_mb 120" in line
+    pid = sp.spawned()[0][2]
+    sp.wait_log("for AI killed by signal", timeout_s=10)
+    assert not pid_alive(pid)
+    hogs = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "bytearray(200" in " ".join(p.info["cmdline"] or [])
+    ]
+    assert wait_gone([p.pid for p in hogs], 5.0) == []
