@@ -298,6 +298,133 @@ def dlq_purge(config_path: str, queue: str, ids: tuple[str, ...], yes: bool) -> 
     click.echo(f"deleted {n} dead letter(s)")
 
 
+@cli.group()
+def batch() -> None:
+    """Batch scans: submit one, follow its progress (README: Batch engine)."""
+
+
+@batch.command(name="submit")
+@config_option
+@click.option("--symbols", multiple=True, help="Symbols, comma-separated; may repeat.")
+@click.option(
+    "--universe",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A file of symbols (spaces, commas or lines; '#' comments).",
+)
+@click.option("--timeframe", required=True, help="e.g. 1d, 1h, 5m: a folder of the data root.")
+@click.option("--from", "start", metavar="YYYY-MM-DD", help="First day matches count.")
+@click.option("--to", "end", metavar="YYYY-MM-DD", help="Last day (indicators use all before).")
+@click.option("--formula", required=True, help="e.g. 'rsi(14) < limit and close > sma(200)'.")
+@click.option("--param", "params", multiple=True, metavar="NAME=NUMBER", help="May repeat.")
+@click.option("--timeout", type=click.FloatRange(min=0.01), help="Seconds per symbol.")
+@click.option("--memory-mb", type=click.FloatRange(min=16), help="RSS cap per symbol.")
+@click.option("--last-bar-only", is_flag=True, help="Report a match on the last bar only.")
+@click.option(
+    "--shard-size",
+    type=click.IntRange(min=0),
+    help="Symbols per shard, shared out to batch workers (default batch.shard_size; 0: one).",
+)
+@click.option("--id", "batch_id", help="The batch id (default: generated).")
+@click.option("--queue", default="batch_jobs", show_default=True)
+def batch_submit(
+    config_path: str,
+    symbols: tuple[str, ...],
+    universe: str | None,
+    timeframe: str,
+    start: str | None,
+    end: str | None,
+    formula: str,
+    params: tuple[str, ...],
+    timeout: float | None,
+    memory_mb: float | None,
+    last_bar_only: bool,
+    shard_size: int | None,
+    batch_id: str | None,
+    queue: str,
+) -> None:
+    """Queue a batch scan; prints its id (details on stderr)."""
+    from pathlib import Path
+
+    from orchestrator.batch.request import BatchRejected, new_batch_id
+    from orchestrator.batch.submit import BatchExists, build_payload, prepare, submit
+
+    config = load(config_path)
+    q = queue_of(config, queue)
+    settings = config.sections["batch"].resolve(config.root)
+    try:
+        payload = build_payload(
+            symbols=symbols, universe=universe, timeframe=timeframe, formula=formula,
+            params=params, start=start, end=end, timeout_s=timeout, memory_mb=memory_mb,
+            last_bar_only=last_bar_only,
+        )  # fmt: skip
+        request = prepare(payload, settings, Path.cwd(), batch_id or new_batch_id())
+        size = settings.shard_size if shard_size is None else shard_size
+        with redis_errors():
+            done = submit(client_for(config), q, request, size, settings.keep_s)
+    except (BatchRejected, BatchExists) as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(done.batch_id)
+    click.echo(
+        f"queued {done.symbols} symbol(s) in {done.shards} shard(s) on {done.stream}; "
+        f"follow it: orchestrator batch status {done.batch_id}",
+        err=True,
+    )
+
+
+@batch.command(name="status")
+@config_option
+@click.argument("batch_id")
+@click.option("--once", is_flag=True, help="Print one reading and exit.")
+@click.option("--json", "as_json", is_flag=True, help="Print one reading as JSON and exit.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=0.5, show_default=True)
+def batch_status(
+    config_path: str, batch_id: str, once: bool, as_json: bool, interval: float
+) -> None:
+    """A live progress bar (rate, ETA) until the batch ends; Ctrl-C stops watching.
+
+    Exit 1 when the batch is unknown, failed, or stalled (a shard in the dead letters).
+    """
+    from orchestrator import keys
+    from orchestrator.batch.status import follow, format_details, format_line
+
+    config = load(config_path)
+    client = client_for(config)
+    live = sys.stdout.isatty() and not (once or as_json)
+    last, shown = None, ""
+    try:
+        with redis_errors():
+            for reading in follow(client, batch_id, 0 if once or as_json else interval):
+                last = reading
+                if reading is None or as_json:
+                    break
+                line = format_line(reading, time.time())
+                if live:
+                    click.echo(f"\r{line}\x1b[K", nl=False)
+                elif line != shown:
+                    click.echo(line)
+                shown = line
+                if once:
+                    break
+    except KeyboardInterrupt:
+        click.echo("" if live else "stopped watching")
+        sys.exit(EXIT_OK)
+    if live:
+        click.echo()
+    if last is None:
+        click.echo(
+            f"unknown batch id {batch_id!r}: no {keys.batch(batch_id)} in Redis "
+            "(never submitted, or expired after batch.keep)",
+            err=True,
+        )
+        sys.exit(EXIT_FAILURE)
+    if as_json:
+        click.echo(json.dumps(last.to_json(time.time()), indent=2))
+    else:
+        for detail in format_details(last):
+            click.echo(detail)
+    sys.exit(EXIT_FAILURE if last.state == "failed" or last.stalled else EXIT_OK)
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from orchestrator.announcements.settings import SECTION_PARSERS as ANNOUNCEMENT_SECTIONS
+from orchestrator.batch.settings import parse_batch_settings
 from orchestrator.scanner.settings import parse_scanner_settings
 from orchestrator.validate import Section
 
@@ -21,4 +22,5 @@ Parser = Callable[[Section], Any]
 PARSERS: dict[str, Parser] = {
     **ANNOUNCEMENT_SECTIONS,  # database, analysis, watchlists
     "scanner": parse_scanner_settings,
+    "batch": parse_batch_settings,
 }

@@ -1,0 +1,52 @@
+"""The batch worker program (``workers/batch_engine_worker.py``, queue ``batch_jobs``).
+
+Reads the spawner's environment (``ORCH_*``) and the ``batch`` section of
+``ORCH_CONFIG``, then serves the queue with the worker runtime's batch
+handler (``run_batch_worker``), one shard at a time (keep the queue's
+``batch_size`` at 1: entries a worker holds are entries other workers
+cannot share). The engine's processes are started at the first shard,
+kept for the next ones, and ended when the worker exits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import NoReturn
+
+import redis
+
+from orchestrator.batch.runner import BatchRunner
+from orchestrator.batch.settings import BatchSettings, parse_batch_settings
+from orchestrator.config import ConfigError, load_config
+from orchestrator.validate import Problems, Section
+from orchestrator.worker import Settings, run_batch_worker
+
+__all__ = ["load_batch_settings", "run_batch_engine_worker"]
+
+
+def load_batch_settings(config_path: str | None) -> tuple[BatchSettings, Path]:
+    """The ``batch`` section with absolute paths, and the root they are
+    relative to (without a config file: the defaults, in the working directory)."""
+    if not config_path:
+        settings = parse_batch_settings(Section({}, "batch", Problems()))
+        return settings.resolve(Path.cwd()), Path.cwd()
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        raise SystemExit(f"config {config_path}: " + "; ".join(exc.problems)) from exc
+    settings = config.sections["batch"]
+    assert isinstance(settings, BatchSettings)
+    return settings.resolve(config.root), config.root
+
+
+def run_batch_engine_worker(env: Mapping[str, str] | None = None) -> NoReturn:
+    worker = Settings.from_env(env)
+    settings, root = load_batch_settings(worker.config_path)
+    client = redis.Redis.from_url(worker.redis_url, socket_timeout=30.0, socket_connect_timeout=5.0)
+    runner = BatchRunner(worker, settings, root, client)
+    try:
+        run_batch_worker(runner.handle_batch, worker)
+    finally:
+        runner.close()
+        client.close()
