@@ -17,7 +17,9 @@ crashes count too) reaches ``max_attempts`` and it goes to
 ``<stream>:dead`` with the error. A payload that is not JSON goes there at
 once. Raising ``Unavailable`` (a database or API is down) means "not this
 job's fault": the deliveries are not counted, and the worker exits with
-``EX_TEMPFAIL`` so the spawner backs off.
+``EX_TEMPFAIL`` so the spawner backs off. Raising ``Interrupted`` (a long
+job cut short because the worker is stopping) gives the job back
+uncounted too, and the worker exits 0.
 
 Crashes are charged to the job that caused them: entries delivered before
 (suspects) run under an in-hand marker (``orch:inhand:<consumer>``) that
@@ -66,6 +68,12 @@ HEARTBEAT_TTL_S = 10.0
 
 class Unavailable(Exception):
     """A dependency is down; the job is fine. Not counted as an attempt."""
+
+
+class Interrupted(Exception):
+    """The handler gave up its job because the worker was asked to stop
+    (SIGTERM, or its deadline): the job goes back uncounted, and the worker
+    exits 0. For long jobs that cannot wait for ``stop_grace``."""
 
 
 class _StopWaiting(Exception):
@@ -186,6 +194,9 @@ class WorkerRuntime:
             self.heartbeat = Heartbeat(self.s, client_id)
             self.heartbeat.start()
             return self._loop()
+        except Interrupted as exc:
+            logger.info(f"{self.s.worker_id}: stopped mid-job ({exc}); the job goes back")
+            return EX_OK
         except Unavailable as exc:
             logger.warning(f"{self.s.worker_id}: dependency unavailable: {exc}; exiting")
             return EX_TEMPFAIL
@@ -322,7 +333,7 @@ class WorkerRuntime:
             self.heartbeat.jobs = jobs
         try:
             results = self.handle_batch(jobs)
-        except Unavailable:
+        except (Unavailable, Interrupted):
             self._release()  # none of the deliveries this worker holds counts
             raise
         except Exception as exc:

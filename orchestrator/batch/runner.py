@@ -17,8 +17,8 @@ For each job (a shard, or a whole batch that is not split):
 
 A shard that finished before (its worker died before acknowledging) is not
 run again: its stored part is used. A SIGTERM stops the engine (no process
-left) and gives the shard back uncounted (``BatchInterrupted``, an
-``Unavailable``). Reaching ``max_runtime`` does the same, except for a
+left) and gives the shard back uncounted (``BatchInterrupted``, the
+runtime's ``Interrupted``: the worker exits 0). Reaching ``max_runtime`` does the same, except for a
 worker's first shard: that shard cannot finish within ``max_runtime`` at
 all, so the stop counts as a failed attempt (``ShardOverran``) and, after
 ``max_attempts``, the shard is dead-lettered saying so.
@@ -44,12 +44,12 @@ from orchestrator.batch.stopping import ShardGuard, StopCause
 from orchestrator.engine import CandleRepository, ProcessingEngine
 from orchestrator.pools import PoolAborted
 from orchestrator.procs import signal_name
-from orchestrator.worker import Job, Settings, Unavailable
+from orchestrator.worker import Interrupted, Job, Settings, Unavailable
 
 __all__ = ["BatchInterrupted", "BatchRunner", "ShardOverran", "build_repository"]
 
 
-class BatchInterrupted(Unavailable):
+class BatchInterrupted(Interrupted):
     """Stopped by a signal or the deadline: the shard runs again, uncounted."""
 
 
@@ -91,7 +91,7 @@ class BatchRunner:
     def _attempt(self, job: Job) -> Exception | None:
         try:
             self.handle(job)
-        except Unavailable:
+        except (Unavailable, Interrupted):
             raise  # the runtime gives every delivery back, uncounted
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise Unavailable(f"Redis: {exc}") from exc
