@@ -8,12 +8,11 @@ psutil's scan of every process on the host takes milliseconds).
 from __future__ import annotations
 
 import contextlib
-import os
 
 import psutil
 
 from orchestrator.pools.records import Worker
-from orchestrator.procs import snapshot_tree
+from orchestrator.procs import descendants, snapshot_tree
 
 __all__ = ["STALL_CPU_FRACTION", "probe_stall", "rss_over"]
 
@@ -65,31 +64,10 @@ def _tree_rss_bytes(proc: psutil.Process) -> int:
     (milliseconds), since this runs every ``sample_interval_s``.
     """
     total = proc.memory_info().rss
-    for pid in _descendants(proc.pid):
+    kids = descendants(proc.pid)
+    if kids is None:  # a kernel without the children file
+        kids = [p.pid for p in snapshot_tree(proc.pid)[1:]]
+    for pid in kids:
         with contextlib.suppress(psutil.Error):
             total += psutil.Process(pid).memory_info().rss
     return int(total)
-
-
-def _descendants(pid: int) -> list[int]:
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        parent = todo.pop()
-        try:
-            tids = os.listdir(f"/proc/{parent}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{parent}/task/{tid}/children") as handle:
-                    kids = [int(k) for k in handle.read().split()]
-            except FileNotFoundError:
-                if parent == pid and not found:  # kernel without the file
-                    return [p.pid for p in snapshot_tree(pid)[1:]]
-                continue
-            except OSError:
-                continue
-            found.extend(kids)
-            todo.extend(kids)
-    return found
