@@ -77,6 +77,7 @@ class SpawnerProc:
             env=self.env,
             stdout=self.log_file,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: see kill_everything
         )
         self.wait_log("Spawner on")
         return self
@@ -129,11 +130,16 @@ class SpawnerProc:
         return code
 
     def kill_everything(self) -> None:
-        """Cleanup after a test, whatever state it left."""
+        """Cleanup after a test, whatever state it left.
+
+        The spawner runs in a session of its own, so its workers and their
+        children share its process group: one killpg reaches them all, even
+        those it started a moment ago (supervisord's killasgroup, in short).
+        """
         self.spawned()
         if self.proc is not None and self.proc.poll() is None:
-            for p in [psutil.Process(self.pid), *self.live_workers()]:
-                _kill_tree(p)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
         for pid in self.seen_pids:
             with contextlib.suppress(psutil.NoSuchProcess):

@@ -119,7 +119,8 @@ def test_demo_on_embedded_redis_and_sqlite(tmp_path: Path) -> None:
     assert "📊 AI:" in run.output and "Spawned worker" in run.output  # status lines streamed
     assert_table(run.output)
     assert any("redis-server" in n for n in run.commands)
-    assert any("orchestrator run" in n for n in run.commands)
+    spawner = re.search(r"Spawner on \S+ \(PID: (\d+)\)", run.output)
+    assert spawner and int(spawner.group(1)) in run.seen  # watched, so checked for survival
     workers = {
         int(pid) for pid in re.findall(r"Spawned worker \S+ for \w+ \(PID: (\d+)", run.output)
     }

@@ -322,7 +322,12 @@ def test_worker_over_its_memory_cap_is_terminated_with_its_tree(
 ) -> None:
     sp = spawner_factory(
         redis_url,
-        {"ai_processing": queue(worker_script("hog.py"), label="AI", max_memory_mb=120)},
+        # a long cooldown: no new hog starts while the test looks for leftovers
+        {
+            "ai_processing": queue(
+                worker_script("hog.py"), label="AI", max_memory_mb=120, cooldown=60
+            )
+        },
         env={"HOG_MB": "200"},
         spawner={"stop_grace": 0.5, "poll_interval": 0.1},
     )
