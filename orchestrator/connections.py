@@ -15,6 +15,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from orchestrator.logs import Events
+from orchestrator.worker import QUICK_CONNECT
 
 REDIS_ERRORS: tuple[type[BaseException], ...] = (
     redis.ConnectionError,
@@ -33,6 +34,7 @@ def connect(url: str, *, timeout_s: float = 5.0, name: str | None = None) -> red
         retry=Retry(NoBackoff(), 0),
         client_name=name,
         health_check_interval=0,
+        **QUICK_CONNECT,
     )
 
 

@@ -60,6 +60,21 @@ Handler = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 # (with ``then``), None, or an Exception that fails that job alone.
 BatchHandler = Callable[[Sequence["Job"]], "Sequence[dict[str, Any] | Exception | None]"]
 
+
+def _quick_connect() -> dict[str, Any]:
+    """Client options that skip CLIENT SETINFO: redis-py sends it on every
+    connect, reading its own version from package metadata each time, which
+    costs a worker that must start fast a few milliseconds."""
+    try:
+        from redis.driver_info import DriverInfo  # redis-py >= 7
+    except ImportError:
+        return {"lib_name": None, "lib_version": None}
+    return {"driver_info": DriverInfo(name=None, lib_version=None)}
+
+
+QUICK_CONNECT = _quick_connect()
+LOG_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {message}"
+
 FLUSH_AFTER_S = 0.2  # results wait at most this long for their batch's ack
 OWN_CHECK_INTERVAL_S = 1.0  # re-read our own pending entries at least this often
 HEARTBEAT_INTERVAL_S = 2.0
@@ -167,6 +182,7 @@ class WorkerRuntime:
             encoding_errors="surrogateescape",  # binary fields survive the round trip
             socket_timeout=max(settings.idle_timeout_s, 5.0) + 10.0,
             socket_connect_timeout=5.0,
+            **QUICK_CONNECT,
         )
         self.stopping = False
         self.processed = 0
@@ -452,7 +468,9 @@ class Heartbeat:
 
     def _connection(self) -> redis.Redis:
         if self.client is None:
-            self.client = redis.Redis.from_url(self.s.redis_url, socket_timeout=5.0)
+            self.client = redis.Redis.from_url(
+                self.s.redis_url, socket_timeout=5.0, **QUICK_CONNECT
+            )
         return self.client
 
     def beat(self) -> None:
@@ -508,8 +526,20 @@ def prepare_process(settings: Settings) -> None:
     procs.die_with_parent(signal.SIGTERM)
     if settings.spawner_pid is not None and os.getppid() != settings.spawner_pid:
         raise SystemExit(f"{settings.worker_id}: spawner {settings.spawner_pid} is gone")
-    logger.remove()
-    logger.add(sys.stderr, format="{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {message}")
+    configure_logging()
+
+
+_logging_configured = False
+
+
+def configure_logging() -> None:
+    """Plain lines to stderr, once per process (the fork server does it for
+    the workers it forks: loguru takes milliseconds to add a handler)."""
+    global _logging_configured
+    if not _logging_configured:
+        logger.remove()
+        logger.add(sys.stderr, format=LOG_FORMAT)
+        _logging_configured = True
 
 
 def run_batch_worker(handle_batch: BatchHandler, settings: Settings | None = None) -> NoReturn:

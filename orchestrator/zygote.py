@@ -149,6 +149,9 @@ def serve(fd: int, preload: Sequence[str]) -> int:
     except Exception as exc:
         sock.sendall(json.dumps({"error": f"preload failed: {exc!r}"}).encode() + b"\n")
         return 1
+    from orchestrator.worker import configure_logging
+
+    configure_logging()  # workers inherit it
     gc.freeze()  # what the preload made is shared with workers, not copied by their GC
     sock.sendall(b'{"ready": true}\n')
     reader = sock.makefile("rb")

@@ -20,6 +20,8 @@ import hiredis
 import redis
 from redis.connection import HiredisRespSerializer
 
+from orchestrator.worker import QUICK_CONNECT
+
 __all__ = ["CPacker", "connect"]
 
 
@@ -48,4 +50,5 @@ def connect(url: str, *, socket_timeout_s: float = 30.0) -> redis.Redis:
         socket_timeout=socket_timeout_s,
         socket_connect_timeout=5.0,
         command_packer=CPacker(),
+        **QUICK_CONNECT,
     )
