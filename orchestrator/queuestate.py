@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from orchestrator import scaling
-from orchestrator.config import QueueConfig
+from orchestrator.config import Backend, QueueConfig
 from orchestrator.fleet import Worker
 from orchestrator.queues import QueueDepth
 from orchestrator.status import QueueStatus
@@ -38,12 +38,16 @@ class QueueState:
         if backlog is None:
             backlog = (depth.undelivered if depth else 0) + self.parked
         cooling = 0 if self.stranded else scaling.cooling_slots(self.exits, now, q.cooldown_s)
+        if q.backend is Backend.RQ:  # RQ names no holder: its started jobs keep as many busy
+            idle = max(0, len(workers) - (depth.pending if depth else 0))
+        else:
+            idle = scaling.split_idle(held, [w.lease.consumer for w in workers])
         return scaling.QueueFacts(
             name=q.name,
             max_concurrent=q.max_concurrent,
             jobs_per_worker=q.jobs_per_worker,
             live=len(workers),
-            idle_live=scaling.split_idle(held, [w.lease.consumer for w in workers]),
+            idle_live=idle,
             backlog=backlog,
             cooling=cooling,
             blocked=self.retired or self.backoff.until > now,

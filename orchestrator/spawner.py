@@ -81,6 +81,7 @@ class WorkerSpawner:
         self.next_sweep = 0.0
         self.memory_ok = True
         self.strays_due = False
+        self.adopted = False  # the previous spawner's leases are read (retried until Redis answers)
         self._apply_config(config)
 
     # -- the seed's API ---------------------------------------------------
@@ -199,6 +200,8 @@ class WorkerSpawner:
         """Probe, decide, act. Redis errors are waited out, never raised."""
         self.next_tick = now + self.config.spawner.poll_interval_s
         try:
+            if not self.adopted:
+                self._adopt_leases()
             self.recovery.retry_deferred()
             depths, live_hosts = self._probe()
             self.health.succeeded(time.monotonic())
@@ -422,7 +425,8 @@ class WorkerSpawner:
             runtime_s=round(runtime, 3),
         )
         requested = worker.stop_reason is not None
-        self._record_exit(q, runtime, failed=not status.ok and not requested, now=now)
+        failed = not requested and (not status.ok or self._gave_up_early(q, runtime, now))
+        self._record_exit(q, runtime, failed=failed, now=now)
         stopped = self._stop_text(worker, worker.stop_reason) if worker.stop_reason else ""
         reason = death_reason(worker, status, stopped)
         if self.recovery.recover(q, worker.lease.consumer, reason) and q.name in self.queues:
@@ -430,6 +434,15 @@ class WorkerSpawner:
         with contextlib.suppress(*REDIS_ERRORS):  # a stale lease is harmless at restart
             self.client.hdel(keys.leases(self.host), worker.worker_id)
         self.next_tick = min(self.next_tick, now)
+
+    def _gave_up_early(self, q: QueueConfig, runtime_s: float, now: float) -> bool:
+        """A clean exit that counts towards a crash loop: sooner than the
+        worker could have been idle for ``idle_timeout``, while work waits
+        (a script that exits 0 at once must not be respawned in a tight loop)."""
+        state = self.queues.get(q.name)
+        if state is None or runtime_s >= min(q.idle_timeout_s, self.config.spawner.crash_window_s):
+            return False
+        return state.facts(self.fleet.of_queue(q.name), now).backlog > 0
 
     def _record_exit(
         self, q: QueueConfig, runtime: float, failed: bool, now: float | None = None
@@ -468,10 +481,17 @@ class WorkerSpawner:
             self.health.failed(time.monotonic(), exc)
 
     def _adopt_leases(self) -> None:
-        """Workers of this host left by a previous spawner: adopt or recover."""
+        """Workers of this host left by a previous spawner: adopt or recover.
+
+        Done before anything else touches Redis: until it is, a previous
+        worker still finishing its job would look dead, and its entries
+        would be handed to another worker. A Redis outage at start-up only
+        defers it to the first tick that reaches Redis."""
         raw = self.client.hgetall(keys.leases(self.host))
         for worker_id, text in raw.items():
             lease = Lease.from_json(text)
+            if lease.worker_id in self.fleet.workers:  # adopted by an attempt cut short
+                continue
             q = self.config.queues.get(lease.queue)
             if q is not None and lease.process_alive():
                 started = time.monotonic() - (time.time() - lease.started_at)
@@ -486,6 +506,7 @@ class WorkerSpawner:
             if q is not None:
                 self.recovery.recover(q, lease.consumer, "worker lost: spawner restarted")
             self.client.hdel(keys.leases(self.host), worker_id)
+        self.adopted = True
 
     def snapshot(self) -> HostStatus:
         now = time.monotonic()

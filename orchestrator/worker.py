@@ -170,11 +170,14 @@ class WorkerRuntime:
         handle_batch: BatchHandler,
         client: redis.Redis | None = None,
         *,
-        one_at_a_time: bool = False,
+        handle_one: Handler | None = None,
     ) -> None:
+        """``handle_one``: the per-job handler behind ``handle_batch``, if
+        there is one; jobs are then run one at a time, and a stop request
+        between two of them leaves the rest pending for the next worker."""
         self.s = settings
         self.handle_batch = handle_batch
-        self.one_at_a_time = one_at_a_time
+        self.handle_one = handle_one
         self.client = client or redis.Redis.from_url(
             settings.redis_url,
             single_connection_client=True,  # CLIENT UNBLOCK must reach *this* connection
@@ -276,7 +279,8 @@ class WorkerRuntime:
     def _wait_for_new(self, block_ms: int) -> Any:
         """XREADGROUP '>' that a stop signal interrupts (the reply is dropped:
         anything Redis delivered meanwhile stays pending on us and is passed
-        on by the spawner with its count, which was never an attempt)."""
+        on by the spawner with its count, which the in-hand marker says was
+        never an attempt)."""
         s = self.s
         self.waiting = True
         try:
@@ -287,6 +291,8 @@ class WorkerRuntime:
             )
         except _StopWaiting:
             self.client.connection.disconnect()  # type: ignore[union-attr]
+            with contextlib.suppress(redis.RedisError):
+                self._release()  # what Redis delivered meanwhile was never started
             return None
         finally:
             self.waiting = False
@@ -320,9 +326,11 @@ class WorkerRuntime:
                 break
             if suspect:
                 self.client.set(keys.in_hand(self.s.consumer), " ".join(j.id for j in unit))
-            self._run_handler(unit, batch)
-            if suspect:
+                self._run_handler(unit, batch)
                 batch.flush(clear_in_hand=True)
+            elif not self._run_fresh(unit, batch):
+                self._release()
+                break
         batch.flush()
 
     def _units(self, jobs: list[Job]) -> list[tuple[list[Job], bool]]:
@@ -335,9 +343,46 @@ class WorkerRuntime:
         always = self.s.max_attempts == 1
         suspects = [j for j in jobs if always or j.attempts > 1]
         fresh = [j for j in jobs if not (always or j.attempts > 1)]
-        if self.one_at_a_time:
-            return [([j], True) for j in suspects] + [([j], False) for j in fresh]
-        return [(u, flag) for u, flag in ((suspects, True), (fresh, False)) if u]
+        units = [([j], True) for j in suspects] if self.handle_one else [(suspects, True)]
+        return [(u, flag) for u, flag in (*units, (fresh, False)) if u]
+
+    def _run_fresh(self, jobs: list[Job], batch: Batch) -> bool:
+        """Fresh jobs: in one batch call, or one by one through ``handle_one``
+        (the hot path of most workers, kept lean), stopping between two jobs
+        when asked to; False if some were left unstarted."""
+        handle = self.handle_one
+        if handle is None:
+            self._run_handler(jobs, batch)
+            return True
+        heartbeat, started, done = self.heartbeat, time.monotonic(), 0
+        try:
+            for job in jobs:
+                if done and (self.stopping or self._deadline_near()):
+                    return False
+                if heartbeat is not None:
+                    heartbeat.jobs = (job,)
+                done += 1
+                try:
+                    result = handle(job.data)
+                except (Unavailable, Interrupted):
+                    self._release()  # none of the deliveries this worker holds counts
+                    raise
+                except Exception as exc:
+                    self._failed([job], exc, batch)
+                else:
+                    batch.ack(job, result)
+        finally:
+            if heartbeat is not None:
+                heartbeat.jobs = ()
+            self._timed(time.monotonic() - started, done)
+        return True
+
+    def _timed(self, elapsed_s: float, jobs: int) -> None:
+        """Keep the average job time that sets the deadline margin."""
+        if jobs:
+            per_job = elapsed_s / jobs
+            first = self.avg_job_s == 0.0
+            self.avg_job_s = per_job if first else 0.8 * self.avg_job_s + 0.2 * per_job
 
     def _release(self) -> None:
         """Stopping with entries read but not started: none was attempted."""
@@ -358,8 +403,7 @@ class WorkerRuntime:
         finally:
             if self.heartbeat is not None:
                 self.heartbeat.jobs = ()
-        elapsed = (time.monotonic() - started) / len(jobs)
-        self.avg_job_s = elapsed if not self.processed else 0.8 * self.avg_job_s + 0.2 * elapsed
+        self._timed(time.monotonic() - started, len(jobs))
         for job, result in zip(jobs, results, strict=True):
             if isinstance(result, Exception):  # a batch handler failing one item
                 self._failed([job], result, batch)
@@ -561,7 +605,7 @@ def run_worker(handle: Handler, settings: Settings | None = None) -> NoReturn:
     """
     s = settings or Settings.from_env()
     prepare_process(s)
-    _exit(WorkerRuntime(s, per_job(handle), one_at_a_time=True).run())
+    _exit(WorkerRuntime(s, per_job(handle), handle_one=handle).run())
 
 
 def _exit(code: int) -> NoReturn:

@@ -35,7 +35,13 @@ from typing import Any, NoReturn
 
 from orchestrator import procs
 
-DEFAULT_PRELOAD = ("orchestrator.worker",)
+DEFAULT_PRELOAD = (
+    "orchestrator.worker",
+    # Imported lazily on a worker's first connect: encoding the host name
+    # (idna, ~2 ms) and redis-py's connection pool id (secrets).
+    "encodings.idna",
+    "secrets",
+)
 REPARENT_TIMEOUT_S = 2.0
 
 
@@ -180,7 +186,7 @@ def _fork_worker(request: dict[str, Any], sock: socket.socket) -> int:
     os.close(write_fd)
     with os.fdopen(read_fd, "rb") as pipe:
         data = pipe.read()
-    os.waitpid(middle, 0)
+    os.waitpid(middle, 0)  # the worker is the spawner's child before the spawner knows its pid
     return int(data)
 
 

@@ -48,7 +48,9 @@ def test_killed_rq_worker_job_is_requeued_promptly(
     job = q.enqueue("tests.rqjobs.tasks.kill_worker_once", "victim")
     sp.wait_log("Requeued 1 RQ job(s)", timeout_s=30)
     wait_until(lambda: r.sismember("test:done", "victim"), 30, message=lambda: sp.text()[-3000:])
-    assert job.get_status(refresh=True) == "finished"
+    # The function records itself before RQ marks the job finished.
+    wait_until(lambda: job.get_status(refresh=True) == "finished", 10)
+    assert int(r.get("test:seen:victim") or 0) == 2
 
 
 def test_rq_job_that_always_kills_fails_after_max_attempts(

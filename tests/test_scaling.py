@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from orchestrator.config import parse_config
+from orchestrator.fleet import Lease, Worker
+from orchestrator.queues import QueueDepth
+from orchestrator.queuestate import QueueState
 from orchestrator.scaling import Backoff, QueueFacts, cooling_slots, plan_spawns, wanted_new
 
 
@@ -83,3 +87,18 @@ def test_crash_loop_backoff_doubles_and_resets() -> None:
     assert delays == [0.0, 1.0, 2.0, 4.0, 8.0]
     assert b.after_exit(now, runtime_s=30.0, failed=True, window_s=5.0) == Backoff()
     assert b.after_exit(now, runtime_s=0.1, failed=False, window_s=5.0) == Backoff()
+
+
+def test_busy_rq_workers_do_not_absorb_new_work() -> None:
+    # RQ names no holder of a started job: its started-job count keeps that many busy
+    config = parse_config({"queues": {"reports": {"backend": "rq", "max_concurrent": 3}}})
+    state = QueueState(config=config.queues["reports"])
+    busy = Worker(Lease("rq_1", "reports", "h/rq_1", 1, 0.0, 300.0, 0.0), None, 0.0)
+
+    def depth(queued: int, started: int) -> QueueDepth:
+        return QueueDepth("reports", queued, True, started, {}, 0, None)
+
+    state.depth = depth(queued=1, started=1)
+    assert wanted_new(state.facts([busy], now=0.0)) == 1
+    state.depth = depth(queued=1, started=0)  # the one worker is idle: it takes the job
+    assert wanted_new(state.facts([busy], now=0.0)) == 0

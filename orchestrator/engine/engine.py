@@ -52,9 +52,10 @@ class ProcessingEngine:
     """Scans symbols in parallel worker processes.
 
     ``max_workers`` (default: the CPUs this process may use) is how many
-    workers compute at once; up to ``spare_workers`` more (default: as many)
-    stand in while others are stalled in a sleep or a blocked read, until
-    their timeout. One more, idle, stands by to replace a worker at once.
+    workers compute at once; up to ``spare_workers`` more (default: as many,
+    at least ``pools.model.MIN_SPARE``) stand in while others are stalled in
+    a sleep or a blocked read, until their timeout. One more, idle, stands
+    by to replace a worker at once.
     """
 
     def __init__(

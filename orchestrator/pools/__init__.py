@@ -24,7 +24,8 @@ project uses for CPU-bound batches:
   behind it go to other workers.
 * **Stalls do not waste cores.** A task that has used almost no CPU for
   ``stall_after_s`` (it sleeps or waits on I/O) frees its CPU slot: up to
-  ``max_spare`` extra workers run while others are stalled, so a handful of
+  ``max_spare`` extra workers (default: the pool's size, at least
+  ``MIN_SPARE``) run while others are stalled, so a handful of
   hanging tasks costs their timeout in latency, not in throughput; the
   tasks queued behind a stalled one go back to the queue (the worker is
   told to drop them; if it resumes first and runs one anyway, that task

@@ -14,6 +14,7 @@ from enum import StrEnum
 from types import MappingProxyType
 
 __all__ = [
+    "MIN_SPARE",
     "RETAIN_MEMORY_ENV",
     "SINGLE_THREAD_ENV",
     "WORKER_ENV",
@@ -25,6 +26,12 @@ __all__ = [
     "Task",
     "default_pool_size",
 ]
+
+MIN_SPARE = 8
+"""Default most extra workers standing in for stalled ones, however few the
+cores: a stalled task (a sleep, a blocked read) costs its worker's memory
+but no CPU, and each stands in only until the stalled task's timeout. With
+no more spares than cores, a few hanging tasks at once would idle the CPUs."""
 
 SINGLE_THREAD_ENV: Mapping[str, str] = MappingProxyType(
     {
@@ -88,7 +95,7 @@ class PoolSettings:
     worker_init: str | None = None  # called once in each new worker
     env: Mapping[str, str] = field(default_factory=lambda: WORKER_ENV)  # added to os.environ
     prefetch: int = 16  # most tasks a worker holds; dispatch_depth picks fewer for long ones
-    max_spare: int | None = None  # extra workers while others stall; None = size
+    max_spare: int | None = None  # extra workers while others stall; None: max(size, MIN_SPARE)
     standby: int = 1  # idle, started workers kept to replace others at once
     stall_after_s: float | None = 0.1  # None: never count a task as stalled
     sample_interval_s: float = 0.05  # RSS sampling period of memory-capped tasks
@@ -103,7 +110,7 @@ class PoolSettings:
 
     @property
     def spare(self) -> int:
-        return self.size if self.max_spare is None else self.max_spare
+        return max(self.size, MIN_SPARE) if self.max_spare is None else self.max_spare
 
 
 @dataclass(frozen=True, slots=True)
