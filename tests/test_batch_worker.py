@@ -28,6 +28,7 @@ from orchestrator.batch.progress import Pacer, ShardProgress
 from orchestrator.batch.request import BatchRejected, BatchRequest, shard_bounds
 from orchestrator.batch.results import result_line
 from orchestrator.batch.settings import BatchSettings, parse_batch_settings
+from orchestrator.batch.status import BatchStatus, format_line
 from orchestrator.batch.submit import build_payload
 from orchestrator.cli import cli
 from orchestrator.engine import ProcessingResult, ScanSpec, scan_serially
@@ -503,3 +504,22 @@ def test_the_batch_section_is_checked() -> None:
     ]
     defaults = parse_batch_settings(Section({}, "batch", Problems()), cpu_count=6)
     assert (defaults.max_workers, defaults.shard_size, defaults.memory_mb) == (6, 500, None)
+
+
+def test_the_progress_line_shows_rate_eta_and_shards() -> None:
+    running = BatchStatus(
+        "b1", "running", total=600, completed=150, errors=3, rate=50.0, shards=4, shards_done=1,
+        started_at=1000.0,
+    )  # fmt: skip
+    line = format_line(running, now=1003.0, width=20)
+    assert "[#####...............]" in line and " 25.0%" in line and "150/600" in line
+    assert "errors 3" in line and "50.0/s" in line and "ETA 9.0s" in line  # 450 left at 50/s
+    assert "shards 1/4" in line
+    between_shards = BatchStatus("b1", "running", total=600, completed=150, started_at=1000.0)
+    assert "15.0/s" in format_line(between_shards, now=1010.0)  # the average since the start
+    assert "ETA 30s" in format_line(between_shards, now=1010.0)
+    done = BatchStatus(
+        "b1", "done", total=600, completed=600, rate=40.0, started_at=1000.0, finished_at=1015.0
+    )
+    assert "100.0%" in format_line(done, now=2000.0) and "in 15s" in format_line(done, now=2000.0)
+    assert "ETA" not in format_line(done, now=2000.0)

@@ -23,26 +23,18 @@ Relative paths are relative to the repository root (the config's root);
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from orchestrator.cpus import usable_cpus
 from orchestrator.validate import Section
 
-__all__ = ["MIN_PROGRESS_INTERVAL_S", "BatchSettings", "cpu_slots", "parse_batch_settings"]
+__all__ = ["MIN_PROGRESS_INTERVAL_S", "BatchSettings", "parse_batch_settings"]
 
 MIN_PROGRESS_INTERVAL_S = 0.5  # progress reaches Redis at most twice a second
 _TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
-
-
-def cpu_slots() -> int:
-    """CPUs this process may run on (affinity-aware), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +67,7 @@ def parse_batch_settings(s: Section, cpu_count: int | None = None) -> BatchSetti
         repository=_target(s, "repository", d.repository),
         timeout_s=s.number("timeout", d.timeout_s, min=0.01, max=86400),
         memory_mb=_optional_number(s, "memory_mb", min_value=16),
-        max_workers=_workers(s, "max_workers", cpu_count or cpu_slots()),
+        max_workers=_workers(s, "max_workers", cpu_count or usable_cpus()),
         shard_size=s.integer("shard_size", d.shard_size, min=0),
         progress_interval_s=s.number(
             "progress_interval", d.progress_interval_s, min=MIN_PROGRESS_INTERVAL_S, max=60

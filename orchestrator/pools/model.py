@@ -7,11 +7,12 @@ default pool size (the CPUs this process may use).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
+
+from orchestrator.cpus import usable_cpus
 
 __all__ = [
     "MIN_SPARE",
@@ -62,10 +63,7 @@ WORKER_ENV: Mapping[str, str] = MappingProxyType({**SINGLE_THREAD_ENV, **RETAIN_
 
 def default_pool_size() -> int:
     """CPUs this process may run on (affinity-aware), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+    return usable_cpus()
 
 
 class PoolError(RuntimeError):

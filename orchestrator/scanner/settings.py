@@ -50,12 +50,12 @@ and backlog are resolved here (``auto`` against this host's CPU count) so
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from orchestrator.cpus import usable_cpus
 from orchestrator.validate import Section
 
 __all__ = [
@@ -171,7 +171,7 @@ def backlog_limit(workers: int, requested: int | None = None) -> int:
 def parse_scanner_settings(s: Section, cpu_count: int | None = None) -> ScannerSettings:
     """Validate the ``scanner`` section; problems are recorded on ``s.problems``."""
     d = ScannerSettings()
-    cores = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
+    cores = cpu_count if cpu_count is not None else usable_cpus()
     cap = _auto_int(s, "processing_workers_max")
     workers = pool_size(cores, _auto_int(s, "processing_workers"), cap)
     policy = s.string("on_backlog_full", d.on_backlog_full.value, [p.value for p in BacklogPolicy])

@@ -1,0 +1,95 @@
+"""The worker runtime on its own: a real worker process, no spawner.
+
+What the spawner relies on: SIGTERM finishes the job in hand and leaves the
+rest pending, uncounted; the worker stops taking work before its deadline;
+its heartbeat names its pid and Redis client while it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from orchestrator import keys
+from tests.helpers import wait_until
+from tests.spawn_harness import ROOT, worker_script
+
+STREAM, GROUP, CONSUMER = "jobs", "workers", "testhost/jobs_1"
+
+
+def start_worker(redis_url: str, tmp_path: Path, **env: str) -> subprocess.Popen[bytes]:
+    variables = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": str(ROOT),
+        "ORCH_QUEUE": STREAM,
+        "ORCH_WORKER_ID": "jobs_1",
+        "ORCH_REDIS_URL": redis_url,
+        "ORCH_STREAM": STREAM,
+        "ORCH_GROUP": GROUP,
+        "ORCH_CONSUMER": CONSUMER,
+        "ORCH_DEADLINE": f"{time.time() + 300:.3f}",
+        "ORCH_IDLE_TIMEOUT": "30",
+        "ORCH_MAX_ATTEMPTS": "3",
+        "ORCH_BATCH_SIZE": "10",
+        "TEST_OUT": str(tmp_path),
+        **env,
+    }
+    return subprocess.Popen([sys.executable, worker_script("job_worker.py")], env=variables)
+
+
+def add(r: redis.Redis, *jobs: dict[str, Any]) -> list[str]:
+    r.xgroup_create(STREAM, GROUP, "0", mkstream=True)
+    return [r.xadd(STREAM, {"payload": json.dumps(j)}) for j in jobs]
+
+
+def pending_ids(r: redis.Redis) -> list[str]:
+    rows = r.xpending_range(STREAM, GROUP, "-", "+", 100, consumername=CONSUMER)
+    return [str(row["message_id"]) for row in rows]
+
+
+def test_sigterm_finishes_the_job_in_hand_and_leaves_the_rest_uncounted(
+    redis_url: str, r: redis.Redis, tmp_path: Path
+) -> None:
+    ids = add(r, {"id": "long", "action": "sleep", "seconds": 1.0}, {"id": "b"}, {"id": "c"})
+    worker = start_worker(redis_url, tmp_path)
+    try:
+        wait_until(lambda: r.lrange("test:started", 0, -1), 15)
+        beat = json.loads(wait_until(lambda: r.get(keys.worker_heartbeat(CONSUMER))))
+        assert beat["pid"] == worker.pid and isinstance(beat["client_id"], int)
+        assert any(int(c["id"]) == beat["client_id"] for c in r.client_list())
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=10) == 0
+    finally:
+        worker.kill()
+    assert r.smembers("test:done") == {"long"}  # finished, though SIGTERM came mid-job
+    assert r.lrange("test:started", 0, -1) == [f"long {CONSUMER}"]  # b, c never started
+    assert pending_ids(r) == ids[1:]  # "long" acknowledged; b and c left for the next worker
+    assert r.get(keys.in_hand(CONSUMER)) == ""  # ... and none of their deliveries counts
+    assert r.get(keys.worker_heartbeat(CONSUMER)) is None  # withdrawn on exit
+
+
+def test_the_worker_stops_taking_work_before_its_deadline(
+    redis_url: str, r: redis.Redis, tmp_path: Path
+) -> None:
+    jobs = [{"id": f"j{i}", "action": "sleep", "seconds": 0.3} for i in range(10)]
+    add(r, *jobs)
+    deadline = time.time() + 2.0
+    worker = start_worker(redis_url, tmp_path, ORCH_DEADLINE=f"{deadline:.3f}")
+    try:
+        assert worker.wait(timeout=10) == 0
+    finally:
+        worker.kill()
+    assert time.time() < deadline + 0.5  # it left on its own, before the spawner's SIGTERM
+    done = r.smembers("test:done")
+    assert 1 <= len(done) < 10
+    assert len(r.lrange("test:started", 0, -1)) == len(done)  # none was cut short
+    assert len(pending_ids(r)) == 10 - len(done)
+    assert r.get(keys.in_hand(CONSUMER)) == ""  # the rest goes back uncounted
