@@ -42,18 +42,29 @@ class Launcher:
             self.restart_zygote()
 
     def launch(
-        self, queue: QueueConfig, env: dict[str, str], cwd: str
-    ) -> tuple[int, subprocess.Popen[bytes] | None]:
-        """Start a worker; its pid, and its Popen when it was exec'd by us."""
+        self, queue: QueueConfig, envs: Sequence[dict[str, str]], cwd: str
+    ) -> list[tuple[int, subprocess.Popen[bytes] | None] | OSError]:
+        """Start a worker of ``queue`` per environment, all at once when the
+        fork server can: for each, its pid and its Popen when it was exec'd
+        by us, or why it could not start."""
         argv, label = queue.argv, queue.label
         if self.zygote is not None and zygote.eligible(argv, queue.env):
             try:
-                return self.zygote.spawn(argv, env, cwd), None
+                pids = self.zygote.spawn_many([(argv, env) for env in envs], cwd)
+                failed = OSError("fork failed in the fork server")
+                return [(pids[i], None) if i < len(pids) else failed for i in range(len(envs))]
             except zygote.ZygoteError as exc:
                 self.events.warning("zygote", "⚠️", f"Fork server failed for {label} ({exc})")
                 self.restart_zygote()
-        popen = procs.start_process(argv, env, cwd=cwd)
-        return popen.pid, popen
+        started: list[tuple[int, subprocess.Popen[bytes] | None] | OSError] = []
+        for env in envs:
+            try:
+                popen = procs.start_process(argv, env, cwd=cwd)
+            except OSError as exc:
+                started.append(exc)
+            else:
+                started.append((popen.pid, popen))
+        return started
 
     def restart_zygote(self) -> None:
         if self.zygote is not None:

@@ -21,6 +21,7 @@ import json
 import os
 import select
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -102,7 +103,8 @@ class WorkerSpawner:
         """Start one worker of ``queue`` if allowed; its lease is recorded."""
         if not self.can_spawn_worker(queue):
             return None
-        return self._start(self.queues[queue].config, parked_share)
+        started = self._start(self.queues[queue].config, [parked_share])
+        return started[0] if started else None
 
     def terminate_worker(
         self, queue: str, worker_id: str | None = None, reason: StopReason = StopReason.OPERATOR
@@ -273,8 +275,7 @@ class WorkerSpawner:
             idle = [w for w in self.fleet.of_queue(name) if state.holds(w) == 0]
             slots = [f"new{i}" for i in range(count)] + [w.worker_id for w in idle]
             shares = split_shares(state.parked, slots)
-            for i in range(count):
-                self._start(state.config, shares.get(f"new{i}", 0))
+            self._start(state.config, [shares.get(f"new{i}", 0) for i in range(count)])
             state.stranded = False
 
     def _hand_out_to_idle(self) -> None:
@@ -325,38 +326,59 @@ class WorkerSpawner:
 
     # -- starting and stopping workers --------------------------------------
 
-    def _start(self, queue: QueueConfig, parked_share: int = 0) -> Worker | None:
-        """Start one worker; parked entries are handed to it before it runs."""
+    def _start(self, queue: QueueConfig, parked_shares: list[int]) -> list[Worker]:
+        """Start a worker per share, at once; each is handed its share of the
+        parked entries before it runs."""
         now_wall = time.time()
-        worker_id = self.fleet.new_worker_id(queue.label.lower(), now_wall)
-        consumer = keys.consumer_name(self.host, worker_id)
-        if parked_share and queue.backend is Backend.STREAM:
-            given = self.recovery.reaper.hand_out(queue, {consumer: parked_share})
-            self.queues[queue.name].parked -= given.get(consumer, 0)
         deadline = now_wall + queue.max_runtime_s
-        env = worker_env(self.config, queue, worker_id, consumer, deadline)
-        try:
-            pid, popen = self.launcher.launch(queue, env, str(self.config.root))
-        except OSError as exc:
-            self.events.error("spawn_failed", "❌", f"Cannot start worker for {queue.label}: {exc}")
-            self._record_exit(queue, 0.0, failed=True)
-            return None
-        lease = Lease(
-            worker_id, queue.name, consumer, pid, now_wall, deadline, _create_time(pid, now_wall)
-        )
-        self.fleet.add(Worker(lease=lease, popen=popen, started_mono=time.monotonic()))
-        self.client.hset(keys.leases(self.host), worker_id, lease.to_json())
+        planned = []
+        for share in parked_shares:
+            worker_id = self.fleet.new_worker_id(queue.label.lower(), now_wall)
+            consumer = keys.consumer_name(self.host, worker_id)
+            if share and queue.backend is Backend.STREAM:
+                given = self.recovery.reaper.hand_out(queue, {consumer: share})
+                self.queues[queue.name].parked -= given.get(consumer, 0)
+            planned.append((worker_id, consumer, share))
+        envs = [worker_env(self.config, queue, w, c, deadline) for w, c, _ in planned]
+        launched = self.launcher.launch(queue, envs, str(self.config.root))
+        workers = []
+        for (worker_id, consumer, share), outcome in zip(planned, launched, strict=True):
+            if isinstance(outcome, OSError):
+                self.events.error(
+                    "spawn_failed", "❌", f"Cannot start worker for {queue.label}: {outcome}"
+                )
+                self._record_exit(queue, 0.0, failed=True)
+                continue
+            pid, popen = outcome
+            lease = Lease(
+                worker_id,
+                queue.name,
+                consumer,
+                pid,
+                now_wall,
+                deadline,
+                _create_time(pid, now_wall),
+            )
+            workers.append(self._register(queue, lease, popen, share))
+        return workers
+
+    def _register(
+        self, queue: QueueConfig, lease: Lease, popen: subprocess.Popen[bytes] | None, share: int
+    ) -> Worker:
+        worker = Worker(lease=lease, popen=popen, started_mono=time.monotonic())
+        self.fleet.add(worker)
+        self.client.hset(keys.leases(self.host), lease.worker_id, lease.to_json())
         self.events.info(
             "spawn",
             "🚀",
-            f"Spawned worker {worker_id} for {queue.label} "
-            f"(PID: {pid}, Total: {self.fleet.count(queue.name)})",
+            f"Spawned worker {lease.worker_id} for {queue.label} "
+            f"(PID: {lease.pid}, Total: {self.fleet.count(queue.name)})",
             queue=queue.name,
-            worker_id=worker_id,
-            pid=pid,
-            parked=parked_share,
+            worker_id=lease.worker_id,
+            pid=lease.pid,
+            parked=share,
         )
-        return self.fleet.workers[worker_id]
+        return worker
 
     def _terminate(self, worker: Worker, reason: StopReason) -> bool:
         if not worker.terminate(reason, self.config.spawner.stop_grace_s):

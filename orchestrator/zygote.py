@@ -80,18 +80,33 @@ class Zygote:
 
     def spawn(self, argv: Sequence[str], env: Mapping[str, str], cwd: str) -> int:
         """Fork a worker running ``argv[1]`` (a script) with ``argv[2:]``; its pid."""
+        pids = self.spawn_many([(argv, env)], cwd)
+        if not pids:
+            raise ZygoteError("fork failed")
+        return pids[0]
+
+    def spawn_many(
+        self, workers: Sequence[tuple[Sequence[str], Mapping[str, str]]], cwd: str
+    ) -> list[int]:
+        """Fork workers (``(argv, env)`` each) in one go: one request, one
+        middle process for all of them. Their pids, in order; fewer when a
+        fork failed part way (the rest were not started)."""
         if self.sock is None:
             raise ZygoteError("fork server not running")
-        request = {"argv": list(argv), "env": dict(env), "cwd": cwd, "parent": os.getpid()}
+        request = {
+            "workers": [{"argv": list(argv), "env": dict(env)} for argv, env in workers],
+            "cwd": cwd,
+            "parent": os.getpid(),
+        }
         try:
             self.sock.sendall(json.dumps(request).encode() + b"\n")
             reply = self._reply()
         except OSError as exc:
             self.close()
             raise ZygoteError(f"fork server gone: {exc}") from exc
-        if "pid" not in reply:
+        if "pids" not in reply:
             raise ZygoteError(str(reply.get("error", "no pid")))
-        return int(reply["pid"])
+        return [int(pid) for pid in reply["pids"]]
 
     def _reply(self) -> dict[str, Any]:
         assert self.sock is not None
@@ -163,31 +178,38 @@ def serve(fd: int, preload: Sequence[str]) -> int:
     reader = sock.makefile("rb")
     for line in reader:
         try:
-            reply: dict[str, Any] = {"pid": _fork_worker(json.loads(line), sock)}
+            reply: dict[str, Any] = {"pids": _fork_workers(json.loads(line), sock)}
         except OSError as exc:
             reply = {"error": f"fork failed: {exc}"}
         sock.sendall(json.dumps(reply).encode() + b"\n")
     return 0
 
 
-def _fork_worker(request: dict[str, Any], sock: socket.socket) -> int:
+def _fork_workers(request: dict[str, Any], sock: socket.socket) -> list[int]:
+    """Fork a middle process that forks each worker and exits; the workers' pids."""
     read_fd, write_fd = os.pipe()
     middle = os.fork()
     if middle == 0:  # the short-lived middle process
         os.close(read_fd)
-        worker = os.fork()
-        if worker == 0:
-            os.close(write_fd)
-            with contextlib.suppress(OSError):
-                os.close(sock.fileno())  # the worker must not hold the spawner's line
-            _become_worker(request)
-        os.write(write_fd, str(worker).encode())
+        pids = []
+        for worker in request["workers"]:
+            try:
+                pid = os.fork()
+            except OSError:
+                break  # the spawner learns which were started from the pids
+            if pid == 0:
+                os.close(write_fd)
+                with contextlib.suppress(OSError):
+                    os.close(sock.fileno())  # the worker must not hold the spawner's line
+                _become_worker({**worker, "cwd": request["cwd"], "parent": request["parent"]})
+            pids.append(pid)
+        os.write(write_fd, " ".join(map(str, pids)).encode())
         os._exit(0)
     os.close(write_fd)
     with os.fdopen(read_fd, "rb") as pipe:
         data = pipe.read()
-    os.waitpid(middle, 0)  # the worker is the spawner's child before the spawner knows its pid
-    return int(data)
+    os.waitpid(middle, 0)  # the workers are the spawner's children before it knows their pids
+    return [int(pid) for pid in data.split()]
 
 
 def _become_worker(request: dict[str, Any]) -> NoReturn:

@@ -53,6 +53,24 @@ def test_killed_rq_worker_job_is_requeued_promptly(
     assert int(r.get("test:seen:victim") or 0) == 2
 
 
+def test_overdue_rq_worker_is_killed_and_its_job_requeued(
+    redis_url: str, r: redis.Redis, spawner_factory: Any
+) -> None:
+    sp = spawner_factory(
+        redis_url,
+        {"reports": rq_queue(max_concurrent=1, max_runtime=2)},
+        env={"PYTHONPATH": str(ROOT)},
+        spawner={"stop_grace": 0.5},
+    )
+    sp.start()
+    q = Queue("reports", connection=redis.Redis.from_url(redis_url), serializer=JSONSerializer)
+    job = q.enqueue("tests.rqjobs.tasks.hang_once", "slow", job_timeout=3600)
+    sp.wait_log("max_runtime 2s exceeded", timeout_s=30)
+    sp.wait_log("Requeued 1 RQ job(s)", timeout_s=30)
+    wait_until(lambda: job.get_status(refresh=True) == "finished", 30, message=sp.text)
+    assert int(r.get("test:seen:slow") or 0) == 2 and r.sismember("test:done", "slow")
+
+
 def test_rq_job_that_always_kills_fails_after_max_attempts(
     redis_url: str, r: redis.Redis, spawner_factory: Any
 ) -> None:

@@ -66,3 +66,25 @@ def test_fork_server_can_be_switched_off(
     r.xadd("ai_processing", {"payload": "{}"})
     sp.wait_log("exited with code 3")
     assert wait_until(lambda: reports(sp.out))[0]["warm"] is False
+
+
+def test_workers_planned_together_are_forked_together_each_with_its_own_identity(
+    redis_url: str, r: redis.Redis, spawner_factory: Any
+) -> None:
+    queue = {
+        "script": worker_script("env_report.py"),
+        "label": "AI",
+        "max_concurrent": 3,
+        "cooldown": 60,
+        "env": {"PYTHONPATH": str(WORKERS / "pathdir"), "EXIT_CODE": "3"},
+    }
+    sp = spawner_factory(redis_url, {"ai_processing": queue})
+    sp.start()
+    for _ in range(3):
+        r.xadd("ai_processing", {"payload": "{}"})
+    sp.wait_log("exited with code 3", count=3)
+    got = reports(sp.out)
+    assert len(got) == 3 and all(rep["warm"] and rep["ppid"] == sp.pid for rep in got)
+    spawned = {pid: worker_id for worker_id, _, pid, _ in sp.spawned()}
+    assert {rep["pid"] for rep in got} == set(spawned)
+    assert {rep["worker_id"] for rep in got} == set(spawned.values())  # its own ORCH_WORKER_ID

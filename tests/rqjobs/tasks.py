@@ -34,3 +34,10 @@ def always_kill(job_id: str) -> str:
     os.kill(os.getppid(), signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
     return job_id
+
+
+def hang_once(job_id: str) -> str:
+    """Outlives its worker's max_runtime the first time."""
+    if _r().incr(f"test:seen:{job_id}") == 1:
+        time.sleep(600)
+    return record(job_id)

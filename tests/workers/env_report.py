@@ -18,6 +18,7 @@ report = {
     "main": __name__,
     "cwd": os.getcwd(),
     "warm": "orchestrator.worker" in sys.modules,
+    "worker_id": os.environ.get("ORCH_WORKER_ID"),
 }
 (out / f"{os.getpid()}.report").write_text(json.dumps(report))
 sys.exit(int(os.environ.get("EXIT_CODE", "0")))
