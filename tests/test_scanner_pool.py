@@ -18,7 +18,13 @@ from orchestrator.procs import pid_alive, wait_gone
 from orchestrator.scanner.engine import PatternEngine
 from orchestrator.scanner.frames import Entry, partition_of, split_entries
 from orchestrator.scanner.ledger import GIVE_UP_AFTER_CRASHES, Batch, Ledger
-from orchestrator.scanner.pool import BatchResult, ScannerPool, ScannerPoolError, dispatch_window
+from orchestrator.scanner.pool import (
+    MEMORY_CHECKS_OVER,
+    BatchResult,
+    ScannerPool,
+    ScannerPoolError,
+    dispatch_window,
+)
 from orchestrator.scanner.settings import BacklogPolicy, PatternSettings, ScannerSettings
 from tests.helpers import wait_until
 
@@ -281,6 +287,18 @@ def test_process_over_its_memory_share_is_restarted(pools: list[ScannerPool]) ->
     pool = start(pools, settings(memory_check_interval_s=0.01), rss_of=rss_of)
     results = feed(pool, entries, batch=100, between=lambda k: pool.collect(timeout_s=0.02))
     assert pool.metrics()["memory_restarts"] == 2
+    assert sorted(processed(results)) == sorted(e[0] for e in entries)
+    assert alert_keys(results) == reference_alerts(entries, PATTERNS)
+
+
+def test_a_process_whose_state_exceeds_its_share_is_not_restarted_forever(
+    pools: list[ScannerPool],
+) -> None:
+    entries = make_entries(6000, 40, seed=5)
+    pool = start(pools, settings(memory_check_interval_s=0.01), rss_of=lambda pid: 10**12)
+    results = feed(pool, entries, batch=100, between=lambda k: pool.collect(timeout_s=0.02))
+    checks = MEMORY_CHECKS_OVER - 1
+    assert pool.metrics()["memory_restarts"] == checks * pool.workers  # then left running
     assert sorted(processed(results)) == sorted(e[0] for e in entries)
     assert alert_keys(results) == reference_alerts(entries, PATTERNS)
 

@@ -31,7 +31,10 @@ Design:
   repeated; results are only ever reported for completed batches.
 - Memory: every ``memory_check_interval_s`` each process's resident memory
   (its tree, psutil) is compared with ``max_memory_mb / workers``; a process
-  above its share is restarted the same way.
+  above its share is restarted the same way. One still above it at the
+  check after two restarts in a row holds more state than its share (a
+  restart rebuilds the same state): it is left running, with an error
+  saying to raise ``max_memory_mb``, until a check finds it under again.
 """
 
 from __future__ import annotations
@@ -73,6 +76,9 @@ __all__ = ["BatchResult", "ScannerPool", "ScannerPoolError", "dispatch_window"]
 
 MAX_WINDOW = 4
 MAX_CRASHES_IN_A_ROW = 10
+MEMORY_CHECKS_OVER = (
+    3  # a process over its share at this many checks in a row: restarts do not help
+)
 PUMP_WAIT_S = 0.05
 _REPLAY = Flag.MUTE | Flag.NO_REPLY
 
@@ -136,6 +142,7 @@ class ScannerPool:
         self._next_id = 1
         self._metrics = PoolMetrics()
         self._next_memory_check_s = 0.0
+        self._over_memory = [0] * self.workers  # memory checks in a row each process was over
         self._closed = False
 
     def start(self) -> ScannerPool:
@@ -356,10 +363,21 @@ class ScannerPool:
         if now < self._next_memory_check_s:
             return
         self._next_memory_check_s = now + self.settings.memory_check_interval_s
-        share = self.settings.memory_share_bytes
         for part, ch in enumerate(self._channels):
-            if self._rss_of(ch.pid) > share:
-                self._restart(part, RestartCause.MEMORY)
+            self._check_memory(part, self._rss_of(ch.pid))
+
+    def _check_memory(self, part: int, rss: int) -> None:
+        share = self.settings.memory_share_bytes
+        over = self._over_memory[part] = self._over_memory[part] + 1 if rss > share else 0
+        if 0 < over < MEMORY_CHECKS_OVER:
+            self._restart(part, RestartCause.MEMORY)
+        elif over == MEMORY_CHECKS_OVER:
+            logger.bind(event="scanner_pool_memory", partition=part).error(
+                f"Pool process {part} uses {rss / 2**20:.0f} MB right after being restarted, "
+                f"over its {share / 2**20:.0f} MB share of scanner.max_memory_mb: its symbol "
+                "state alone needs more, so restarting it does not help; it keeps running. "
+                "Raise scanner.max_memory_mb"
+            )
 
     def _restart(self, part: int, cause: RestartCause) -> None:
         """Replace the process of ``part``; requeue what it held (see ``Ledger``)."""
