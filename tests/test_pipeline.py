@@ -10,6 +10,7 @@ from typing import Any
 
 import redis
 
+from orchestrator.embedded import EmbeddedRedis
 from orchestrator.procs import wait_gone
 from tests.helpers import wait_until
 from tests.spawn_harness import worker_script
@@ -178,3 +179,29 @@ def test_restarted_spawner_adopts_workers_still_finishing(
     sp2.wait_log(" gone after")  # noticed without SIGCHLD: it is not our child
     assert r.llen("test:started") == 1  # ran once, not recovered from under it
     wait_until(lambda: pending(r, "ai_processing") == 0)  # acks follow "done" by <= 0.2 s
+
+
+def test_a_spawner_starting_during_an_outage_adopts_once_redis_answers(
+    spawner_factory: Any,
+) -> None:
+    server = EmbeddedRedis().start()  # its own: this test freezes it
+    try:
+        r = redis.Redis.from_url(server.url, decode_responses=True)
+        queues = {"ai_processing": queue(label="AI", batch_size=1, idle_timeout=0.2)}
+        sp = spawner_factory(server.url, queues).start()
+        add(r, "ai_processing", {"id": "long", "action": "sleep", "seconds": 10})
+        wait_until(lambda: r.llen("test:started") == 1)
+        os.kill(sp.pid, signal.SIGKILL)  # the worker gets SIGTERM: it finishes its job first
+        sp.proc.wait()
+        os.kill(server.pid, signal.SIGSTOP)  # Redis stops answering
+        try:
+            sp2 = spawner_factory(server.url, queues, name="spawner").start()
+            sp2.wait_log("Redis unavailable", timeout_s=15)
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        sp2.wait_log("Adopted running worker", timeout_s=15)
+        wait_until(lambda: r.sismember("test:done", "long"), 15, message=sp2.text)
+        wait_until(lambda: pending(r, "ai_processing") == 0)
+        assert r.llen("test:started") == 1  # ran once: not recovered from under its worker
+    finally:
+        server.stop()
