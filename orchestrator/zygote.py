@@ -78,19 +78,13 @@ class Zygote:
             raise ZygoteError(f"fork server failed to start: {ready.get('error')}")
         ours.settimeout(5.0)
 
-    def spawn(self, argv: Sequence[str], env: Mapping[str, str], cwd: str) -> int:
-        """Fork a worker running ``argv[1]`` (a script) with ``argv[2:]``; its pid."""
-        pids = self.spawn_many([(argv, env)], cwd)
-        if not pids:
-            raise ZygoteError("fork failed")
-        return pids[0]
-
     def spawn_many(
         self, workers: Sequence[tuple[Sequence[str], Mapping[str, str]]], cwd: str
     ) -> list[int]:
-        """Fork workers (``(argv, env)`` each) in one go: one request, one
-        middle process for all of them. Their pids, in order; fewer when a
-        fork failed part way (the rest were not started)."""
+        """Fork workers, each running ``argv[1]`` (a script) with ``argv[2:]``
+        and its ``env``, in one go: one request, one middle process for all
+        of them. Their pids, in order; fewer when a fork failed part way (the
+        rest were not started)."""
         if self.sock is None:
             raise ZygoteError("fork server not running")
         request = {

@@ -25,12 +25,23 @@ def rq_queue(**kw: Any) -> dict[str, Any]:
     }
 
 
-def test_rq_jobs_all_finish(redis_url: str, r: redis.Redis, spawner_factory: Any) -> None:
+def start_rq(
+    redis_url: str, spawner_factory: Any, spawner: dict[str, Any] | None = None, **queue_kw: Any
+) -> tuple[Any, Queue]:
+    """A spawner running RQ workers for the queue ``reports``, and that queue."""
     sp = spawner_factory(
-        redis_url, {"reports": rq_queue(max_concurrent=2)}, env={"PYTHONPATH": str(ROOT)}
+        redis_url,
+        {"reports": rq_queue(**queue_kw)},
+        env={"PYTHONPATH": str(ROOT)},
+        spawner=spawner,
     )
     sp.start()
-    q = Queue("reports", connection=redis.Redis.from_url(redis_url), serializer=JSONSerializer)
+    client = redis.Redis.from_url(redis_url)
+    return sp, Queue("reports", connection=client, serializer=JSONSerializer)
+
+
+def test_rq_jobs_all_finish(redis_url: str, r: redis.Redis, spawner_factory: Any) -> None:
+    sp, q = start_rq(redis_url, spawner_factory, max_concurrent=2)
     jobs = [q.enqueue("tests.rqjobs.tasks.record", f"job{i}") for i in range(12)]
     wait_until(lambda: r.scard("test:done") == 12, 60, message=lambda: sp.text()[-3000:])
     assert sp.spawned() and all(total <= 2 for *_, total in sp.spawned())
@@ -40,11 +51,7 @@ def test_rq_jobs_all_finish(redis_url: str, r: redis.Redis, spawner_factory: Any
 def test_killed_rq_worker_job_is_requeued_promptly(
     redis_url: str, r: redis.Redis, spawner_factory: Any
 ) -> None:
-    sp = spawner_factory(
-        redis_url, {"reports": rq_queue(max_concurrent=1)}, env={"PYTHONPATH": str(ROOT)}
-    )
-    sp.start()
-    q = Queue("reports", connection=redis.Redis.from_url(redis_url), serializer=JSONSerializer)
+    sp, q = start_rq(redis_url, spawner_factory, max_concurrent=1)
     job = q.enqueue("tests.rqjobs.tasks.kill_worker_once", "victim")
     sp.wait_log("Requeued 1 RQ job(s)", timeout_s=30)
     wait_until(lambda: r.sismember("test:done", "victim"), 30, message=lambda: sp.text()[-3000:])
@@ -56,14 +63,9 @@ def test_killed_rq_worker_job_is_requeued_promptly(
 def test_overdue_rq_worker_is_killed_and_its_job_requeued(
     redis_url: str, r: redis.Redis, spawner_factory: Any
 ) -> None:
-    sp = spawner_factory(
-        redis_url,
-        {"reports": rq_queue(max_concurrent=1, max_runtime=2)},
-        env={"PYTHONPATH": str(ROOT)},
-        spawner={"stop_grace": 0.5},
+    sp, q = start_rq(
+        redis_url, spawner_factory, spawner={"stop_grace": 0.5}, max_concurrent=1, max_runtime=2
     )
-    sp.start()
-    q = Queue("reports", connection=redis.Redis.from_url(redis_url), serializer=JSONSerializer)
     job = q.enqueue("tests.rqjobs.tasks.hang_once", "slow", job_timeout=3600)
     sp.wait_log("max_runtime 2s exceeded", timeout_s=30)
     sp.wait_log("Requeued 1 RQ job(s)", timeout_s=30)
@@ -74,15 +76,10 @@ def test_overdue_rq_worker_is_killed_and_its_job_requeued(
 def test_rq_job_that_always_kills_fails_after_max_attempts(
     redis_url: str, r: redis.Redis, spawner_factory: Any
 ) -> None:
-    sp = spawner_factory(
-        redis_url,
-        {"reports": rq_queue(max_concurrent=1, max_attempts=3)},
-        env={"PYTHONPATH": str(ROOT)},
-        spawner={"crash_window": 0},
+    sp, q = start_rq(
+        redis_url, spawner_factory, spawner={"crash_window": 0}, max_concurrent=1, max_attempts=3
     )
-    sp.start()
-    client = redis.Redis.from_url(redis_url)
-    q = Queue("reports", connection=client, serializer=JSONSerializer)
+    client = q.connection
     job = q.enqueue("tests.rqjobs.tasks.always_kill", "poison")
     failed = FailedJobRegistry("reports", connection=client, serializer=JSONSerializer)
     wait_until(lambda: job.id in failed.get_job_ids(), 60, message=lambda: sp.text()[-3000:])

@@ -16,15 +16,19 @@ def reports(out: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(out.glob("*.report"))]
 
 
-def run_one(redis_url: str, r: redis.Redis, spawner_factory: Any, **queue_kw: Any) -> Any:
-    queue = {
+def report_queue(**queue_kw: Any) -> dict[str, Any]:
+    """A queue of workers that report how they were started and exit with 3."""
+    return {
         "script": worker_script("env_report.py"),
         "label": "AI",
         "cooldown": 60,
         "env": {"PYTHONPATH": str(WORKERS / "pathdir"), "EXIT_CODE": "3"},
         **queue_kw,
     }
-    sp = spawner_factory(redis_url, {"ai_processing": queue})
+
+
+def run_one(redis_url: str, r: redis.Redis, spawner_factory: Any, **queue_kw: Any) -> Any:
+    sp = spawner_factory(redis_url, {"ai_processing": report_queue(**queue_kw)})
     sp.start()
     r.xadd("ai_processing", {"payload": "{}"})
     sp.wait_log("exited with code 3")
@@ -55,13 +59,9 @@ def test_interpreter_startup_settings_force_an_exec(
 def test_fork_server_can_be_switched_off(
     redis_url: str, r: redis.Redis, spawner_factory: Any
 ) -> None:
-    queue = {
-        "script": worker_script("env_report.py"),
-        "label": "AI",
-        "cooldown": 60,
-        "env": {"PYTHONPATH": str(WORKERS / "pathdir"), "EXIT_CODE": "3"},
-    }
-    sp = spawner_factory(redis_url, {"ai_processing": queue}, spawner={"fork_server": False})
+    sp = spawner_factory(
+        redis_url, {"ai_processing": report_queue()}, spawner={"fork_server": False}
+    )
     sp.start()
     r.xadd("ai_processing", {"payload": "{}"})
     sp.wait_log("exited with code 3")
@@ -71,14 +71,7 @@ def test_fork_server_can_be_switched_off(
 def test_workers_planned_together_are_forked_together_each_with_its_own_identity(
     redis_url: str, r: redis.Redis, spawner_factory: Any
 ) -> None:
-    queue = {
-        "script": worker_script("env_report.py"),
-        "label": "AI",
-        "max_concurrent": 3,
-        "cooldown": 60,
-        "env": {"PYTHONPATH": str(WORKERS / "pathdir"), "EXIT_CODE": "3"},
-    }
-    sp = spawner_factory(redis_url, {"ai_processing": queue})
+    sp = spawner_factory(redis_url, {"ai_processing": report_queue(max_concurrent=3)})
     sp.start()
     for _ in range(3):
         r.xadd("ai_processing", {"payload": "{}"})

@@ -76,9 +76,8 @@ __all__ = ["BatchResult", "ScannerPool", "ScannerPoolError", "dispatch_window"]
 
 MAX_WINDOW = 4
 MAX_CRASHES_IN_A_ROW = 10
-MEMORY_CHECKS_OVER = (
-    3  # a process over its share at this many checks in a row: restarts do not help
-)
+# A process over its share at this many memory checks in a row: restarts do not help.
+MEMORY_CHECKS_OVER = 3
 PUMP_WAIT_S = 0.05
 _REPLAY = Flag.MUTE | Flag.NO_REPLY
 
