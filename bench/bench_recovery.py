@@ -1,7 +1,7 @@
 """Recovery latency: a worker SIGKILLed while holding 50 entries.
 
-Each trial queues 50 jobs; the first one blocks its worker, which then holds
-all 50 (batch_size 50). The bench SIGKILLs that worker and measures until
+Each trial queues 50 jobs; the first one blocks its worker (a batch
+handler), which then holds all 50 (batch_size 50). The bench SIGKILLs that worker and measures until
 all 50 have been handled by another worker. Two paths, 20 trials each:
 - replacement: max_concurrent 1, so the spawner must start a new worker
   (its Python start-up is included);
@@ -32,10 +32,9 @@ HELD = 50
 def config(url: str, max_concurrent: int) -> dict[str, Any]:
     return {
         "redis": {"url": url},
-        # The bench kills a young worker every trial: that is a crash loop by
-        # the spawner's rule, whose backoff would be measured instead of the
-        # recovery. crash_window 0 switches the rule off for this bench.
-        "spawner": {"host": "bench", "status_interval": 3600, "crash_window": 0},
+        # The shipped crash-loop rule: a worker killed while working on its
+        # entries is no crash loop, so no backoff is measured.
+        "spawner": {"host": "bench", "status_interval": 3600},
         "queues": {
             "jobs": {
                 "script": str(ROOT / "bench" / "workers" / "hold_worker.py"),

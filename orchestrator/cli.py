@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import click
 import redis
 
-from orchestrator import deadletters, status
+from orchestrator import codec, deadletters, status
 from orchestrator.config import (
     EMBEDDED,
     Backend,
@@ -261,10 +261,11 @@ def dlq_list(config_path: str, queue: str, limit: int) -> None:
         total = deadletters.count_dead(client, q)
     for d in letters:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.failed_at))
-        payload = json.dumps(d.original_fields, ensure_ascii=False)
         click.echo(
-            f"{d.id}  attempts={d.attempts}  failed_at={when}  error={d.error}\n    {payload}"
+            f"{d.id}  attempts={d.attempts}  failed_at={when}  error={codec.printable(d.error)}"
         )
+        for key, value in d.original_fields.items():
+            click.echo(f"    {codec.printable(key)}: {codec.printable(value)}")
     click.echo(f"{total} dead letter(s) in {q.dead_stream}")
 
 

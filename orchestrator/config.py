@@ -10,6 +10,7 @@ time; ``ORCH_REDIS_URL`` is applied by ``load_config`` when it is called.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 from collections.abc import Mapping
@@ -24,6 +25,7 @@ import yaml
 from orchestrator.validate import ConfigError, Problems, Section
 
 DEFAULT_CONFIG_PATH = Path("config/workers.yaml")
+RQ_WORKER_ARGV = (sys.executable, "-m", "orchestrator.rq_backend")  # an rq queue's default
 REDIS_URL_ENV = "ORCH_REDIS_URL"
 EMBEDDED = "embedded"
 
@@ -88,7 +90,7 @@ class QueueConfig:
     idle_timeout_s: float = 5.0
     max_attempts: int = 3
     then: str | None = None
-    batch_size: int = 10
+    batch_size: int = 100
     max_memory_mb: int | None = None
     serializer: str = "json"
     env: Mapping[str, str] = field(default_factory=dict)
@@ -241,7 +243,7 @@ def _parse_spawner(s: Section) -> SpawnerConfig:
         max_total_workers=max_total,
         max_memory_percent=s.number("max_memory_percent", d.max_memory_percent, min=1, max=100),
         stop_grace_s=s.number("stop_grace", d.stop_grace_s, min=0, max=3600),
-        host=s.string("host", "") or socket.gethostname(),
+        host=_parse_host(s),
         heartbeat_ttl_s=s.number("heartbeat_ttl", d.heartbeat_ttl_s, min=1),
         crash_window_s=s.number("crash_window", d.crash_window_s, min=0),
         crash_backoff_max_s=s.number("crash_backoff_max", d.crash_backoff_max_s, min=1),
@@ -250,6 +252,24 @@ def _parse_spawner(s: Section) -> SpawnerConfig:
     )
     s.done()
     return cfg
+
+
+# A host name is part of every consumer name ("<host>/<worker id>") and of
+# Redis keys: no separator, no blanks, no glob characters.
+HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
+
+
+def _parse_host(s: Section) -> str:
+    given = s.string("host", "")
+    host = given or socket.gethostname()
+    if not HOST_NAME.fullmatch(host):
+        whose = "" if given else f"the machine's host name {host!r} cannot be used; set it: "
+        s.error(
+            "host",
+            f"{whose}must be 1-128 letters, digits and . _ @ + - (starting with a letter or "
+            f"digit), got {host!r}",
+        )
+    return host
 
 
 def _parse_log(s: Section) -> LogConfig:
@@ -278,7 +298,7 @@ def _parse_queue(name: str, s: Section, root: Path) -> QueueConfig | None:
     d = QueueConfig(name=name, label=name, argv=())
     backend = Backend(s.string("backend", d.backend.value, choices=[b.value for b in Backend]))
     if backend is Backend.RQ and not s.has("script") and not s.has("command"):
-        argv: tuple[str, ...] = (sys.executable, "-m", "orchestrator.rq_backend")
+        argv: tuple[str, ...] = RQ_WORKER_ARGV
     else:
         argv = _parse_program(s, root)
     env = s.raw("env", {})

@@ -44,8 +44,11 @@ class RedisHealth:
 
     events: Events
     url: str
-    initial_backoff_s: float = 0.25
-    max_backoff_s: float = 10.0
+    # Retries are a connect attempt each (refused at once while Redis is
+    # down), so they stay frequent: spawning resumes within this of Redis'
+    # return.
+    initial_backoff_s: float = 0.1
+    max_backoff_s: float = 1.0
     up: bool = True
     down_since: float = 0.0
     retry_at: float = 0.0
@@ -71,8 +74,10 @@ class RedisHealth:
             self.backoff_s = min(self.max_backoff_s, self.backoff_s * 2)
         self.retry_at = now + self.backoff_s
 
-    def succeeded(self, now: float) -> None:
-        if not self.up:
+    def succeeded(self, now: float) -> bool:
+        """Redis answered; True when it was down until now."""
+        was_down = not self.up
+        if was_down:
             self.events.info(
                 "redis_up",
                 "✅",
@@ -80,6 +85,7 @@ class RedisHealth:
                 down_s=round(now - self.down_since, 3),
             )
         self.up = True
+        return was_down
 
 
 def _safe(url: str) -> str:

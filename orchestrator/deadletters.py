@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 
+from orchestrator import codec
 from orchestrator.config import QueueConfig
 
 DEAD_LETTER_FIELDS = ("error", "attempts", "failed_at", "original_id")
@@ -63,10 +64,10 @@ def retry_dead(
         return []
     pipe = client.pipeline(transaction=True)
     for letter in letters:
-        pipe.xadd(queue.stream, letter.original_fields)  # type: ignore[arg-type]
+        pipe.xadd(queue.stream, codec.fields_to_bytes(letter.original_fields))  # type: ignore[arg-type]
     pipe.xdel(queue.dead_stream, *[letter.id for letter in letters])
     replies = pipe.execute()
-    return [_text(r) for r in replies[: len(letters)]]
+    return [codec.text(r) for r in replies[: len(letters)]]
 
 
 def purge_dead(client: redis.Redis, queue: QueueConfig, ids: Sequence[str] | None = None) -> int:
@@ -85,11 +86,8 @@ def _select(client: redis.Redis, queue: QueueConfig, ids: Sequence[str] | None) 
 
 
 def _letters(rows: Any) -> list[DeadLetter]:
+    """Fields decoded losslessly (``codec``): bytes that are not UTF-8 survive."""
     return [
-        DeadLetter(_text(i), {_text(k): _text(v) for k, v in (f or {}).items()})
+        DeadLetter(codec.text(i), {codec.text(k): codec.text(v) for k, v in (f or {}).items()})
         for i, f in rows or []
     ]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

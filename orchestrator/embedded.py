@@ -62,6 +62,7 @@ class EmbeddedRedis:
     binary: str | None = None
     port: int = 0
     startup_timeout_s: float = 10.0
+    data_dir: Path | None = None  # keep data here (append-only file): survives a restart
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _dir: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
 
@@ -76,7 +77,11 @@ class EmbeddedRedis:
     def start(self) -> EmbeddedRedis:
         binary = find_redis_server(self.binary)
         self.port = self.port or free_port()
-        self._dir = tempfile.TemporaryDirectory(prefix="orch-redis-")
+        if self.data_dir is not None:
+            work_dir = str(self.data_dir)
+        else:
+            self._dir = tempfile.TemporaryDirectory(prefix="orch-redis-")
+            work_dir = self._dir.name
         argv = [
             binary,
             "--port",
@@ -86,9 +91,9 @@ class EmbeddedRedis:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "no" if self.data_dir is None else "yes",
             "--dir",
-            self._dir.name,
+            work_dir,
             "--daemonize",
             "no",
             "--loglevel",

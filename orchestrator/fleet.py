@@ -29,6 +29,7 @@ class StopReason(StrEnum):
     MEMORY = "memory"
     SHUTDOWN = "shutdown"
     OPERATOR = "operator"
+    YIELD = "yield"  # its slot goes to a queue that has none: it finishes its job, then exits
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,7 @@ class Worker:
     stop_reason: StopReason | None = None
     kill_at: float | None = None  # monotonic: SIGKILL the tree after this
     tree: dict[int, psutil.Process] = field(default_factory=dict)
+    handed: int = 0  # recovered entries given to it (not read by it)
 
     @property
     def pid(self) -> int:
@@ -88,15 +90,21 @@ class Worker:
         for proc in procs.snapshot_tree(self.pid):
             self.tree.setdefault(proc.pid, proc)
 
-    def terminate(self, reason: StopReason, grace_s: float) -> bool:
-        """SIGTERM the worker; SIGKILL of its tree follows after ``grace_s``."""
-        if self.stop_reason is not None:
+    def terminate(self, reason: StopReason, grace_s: float, signum: int = signal.SIGTERM) -> bool:
+        """Ask the worker to stop with ``signum``; SIGKILL of its tree follows
+        after ``grace_s``. A yield is only asked: the worker finishes the job
+        in hand however long it takes (``max_runtime`` still holds, and any
+        other reason to stop it later takes over)."""
+        if self.stop_reason is not None and not (
+            self.stop_reason is StopReason.YIELD and reason is not StopReason.YIELD
+        ):
             return False
         self.stop_reason = reason
-        self.kill_at = time.monotonic() + grace_s
+        if reason is not StopReason.YIELD:
+            self.kill_at = time.monotonic() + grace_s
         self.remember_tree()
         with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGTERM)
+            os.kill(self.pid, signum)
         return True
 
     def kill_tree(self) -> None:
@@ -211,6 +219,15 @@ def exit_text(
         how = f"exited with {status.describe()}"
     why = f", stopped for {worker.stop_reason.value}" if worker.stop_reason else ""
     extra = f", killed {leftovers} leftover process(es)" if leftovers else ""
-    ok = status.ok or worker.stop_reason is StopReason.SHUTDOWN
     text = f"Worker {worker.worker_id} for {label} {how} after {runtime_s:.1f}s{why}{extra} "
-    return ("🏁" if ok else "💀"), text + f"(Total: {total})"
+    return exit_icon(status), text + f"(Total: {total})"
+
+
+def exit_icon(status: ExitStatus) -> str:
+    """🏁 exited 0 (or gone, for an adopted worker), ⏳ exited 75 (a dependency
+    is down), 💀 any other code or a signal: the README's legend."""
+    if status.code == 75:
+        return "⏳"
+    if status.ok or (status.code is None and status.signal is None):
+        return "🏁"
+    return "💀"

@@ -8,12 +8,13 @@ them with ``SCAN MATCH orch:*``:
 key                             type    contents
 ==============================  ======  ===============================================
 ``orch:hosts``                  zset    host name -> heartbeat expiry (epoch seconds)
-``orch:host:<host>``            hash    pid, started_at, heartbeat_at, config of a spawner
+``orch:host:<host>``            string  JSON record of the spawner holding the host name
 ``orch:leases:<host>``          hash    worker id -> lease JSON (queue, pid, consumer,
                                         started_at, deadline, create_time)
 ``orch:status:<host>``          string  JSON snapshot of the host's per-queue figures
 ``orch:worker:<consumer>``      string  JSON heartbeat of a running worker (TTL'd)
 ``orch:inhand:<consumer>``      string  ids a worker is handling now (suspect entries)
+``orch:done:<consumer>``        string  set once the worker completed a job (crash-loop rule)
 ``orch:scanner:<consumer>``     string  JSON metrics a scanner worker publishes
 ``orch:batch:<id>``             hash    a batch job's progress and result location
 ==============================  ======  ===============================================
@@ -51,6 +52,10 @@ def worker_heartbeat(consumer: str) -> str:
 
 def in_hand(consumer: str) -> str:
     return f"{PREFIX}inhand:{consumer}"
+
+
+def worker_done(consumer: str) -> str:
+    return f"{PREFIX}done:{consumer}"
 
 
 def scanner_metrics(consumer: str) -> str:

@@ -173,6 +173,61 @@ def _children_or_empty(proc: psutil.Process) -> list[psutil.Process]:
         return []
 
 
+# Every worker starts with its consumer name in this variable, and its
+# descendants inherit it: the tag that finds a worker's processes even once
+# they have left its process tree (a ``setsid`` daemon re-parented to init).
+TAG_VARIABLE = "ORCH_CONSUMER"
+
+
+def start_ticks(pid: int) -> int | None:
+    """The process' start time (clock ticks since boot), None if it is gone
+    or a zombie: with the pid, it names one process, never a later one."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    if not fields or fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+def tagged_processes(prefix: str) -> dict[int, str]:
+    """Live processes whose ``ORCH_CONSUMER`` starts with ``prefix``: pid -> consumer.
+
+    Reads every ``/proc/<pid>/environ`` (milliseconds on a busy host): for
+    rare moments only, such as a spawner's start.
+    """
+    needle = f"{TAG_VARIABLE}=".encode()
+    found: dict[int, str] = {}
+    own = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == own:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                environ = handle.read()
+        except OSError:
+            continue
+        for item in environ.split(b"\0"):
+            if item.startswith(needle):
+                consumer = item[len(needle) :].decode(errors="replace")
+                if consumer.startswith(prefix) and start_ticks(int(entry)) is not None:
+                    found[int(entry)] = consumer
+                break
+    return found
+
+
+def kill_tagged(consumer: str) -> list[int]:
+    """SIGKILL every process tagged with exactly ``consumer``; their pids."""
+    pids = [pid for pid, c in tagged_processes(consumer).items() if c == consumer]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
+
+
 def pid_alive(pid: int) -> bool:
     """True while ``pid`` exists and is not a zombie."""
     try:

@@ -28,6 +28,7 @@ class QueueState:
     parked: int = 0
     stranded: bool = False  # a worker died holding work: refill without cooldown
     retired: bool = False  # removed from the config by a reload
+    starved_since: float | None = None  # monotonic: had work and no worker since
 
     def facts(
         self, workers: Sequence[Worker], now: float, backlog: int | None = None
@@ -42,6 +43,7 @@ class QueueState:
             idle = max(0, len(workers) - (depth.pending if depth else 0))
         else:
             idle = scaling.split_idle(held, [w.lease.consumer for w in workers])
+        staying = [w for w in workers if w.stop_reason is None]
         return scaling.QueueFacts(
             name=q.name,
             max_concurrent=q.max_concurrent,
@@ -50,18 +52,27 @@ class QueueState:
             idle_live=idle,
             backlog=backlog,
             cooling=cooling,
-            blocked=self.retired or self.backoff.until > now,
+            blocked=self.retired or self.backoff.in_force(now),
+            yielding=len(workers) - len(staying),
+            tenure_s=max((w.runtime_s(now) for w in staying), default=0.0),
+            starved_s=0.0 if self.starved_since is None else now - self.starved_since,
         )
+
+    def note_starving(self, workers: Sequence[Worker], now: float) -> None:
+        """Track since when the queue has had work but no worker (for fair turns)."""
+        waiting = not workers and (self.parked > 0 or (self.depth and self.depth.undelivered > 0))
+        if not waiting:
+            self.starved_since = None
+        elif self.starved_since is None:
+            self.starved_since = now
 
     def holds(self, worker: Worker) -> int:
         """Entries pending on ``worker`` at the last probe."""
         return self.depth.pending_by_consumer.get(worker.lease.consumer, 0) if self.depth else 0
 
-    def record_exit(
-        self, now: float, runtime_s: float, failed: bool, window_s: float, max_s: float
-    ) -> None:
+    def record_exit(self, now: float, verdict: scaling.ExitVerdict, max_s: float) -> None:
         self.exits.append(now)
-        self.backoff = self.backoff.after_exit(now, runtime_s, failed, window_s, max_s=max_s)
+        self.backoff = self.backoff.after_exit(verdict, now, max_s=max_s)
 
     def due(self, now: float) -> list[float]:
         """When backoff or a cooling slot ends: a tick may then spawn."""
@@ -82,6 +93,8 @@ class QueueState:
             oldest_age_s=d.oldest_age_s if d else None,
             dead_letters=d.dead_letters if d else 0,
             backlog_exact=d.exact if d else True,
+            backoff_s=round(self.backoff.delay_s(now), 1),
+            backoff_reason=self.backoff.reason if self.backoff.in_force(now) else "",
         )
 
 
@@ -91,6 +104,8 @@ def apply_config(queues: dict[str, QueueState], configured: Mapping[str, QueueCo
     for name, state in queues.items():
         state.retired = name not in configured
         if not state.retired:
+            if configured[name] != state.config:  # a fixed program gets a fresh start
+                state.backoff = scaling.Backoff()
             state.config = configured[name]
     for name, q in configured.items():
         queues.setdefault(name, QueueState(config=q))

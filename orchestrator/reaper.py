@@ -70,6 +70,8 @@ class ParkResult:
     parked: int
     dead_lettered: int
     deleted: bool
+    done: bool = False  # the worker had completed work (orch:done:<consumer>)
+    in_hand: bool = False  # it was running entries it had marked in hand
 
 
 class Reaper:
@@ -81,11 +83,22 @@ class Reaper:
         self._hand_out = client.register_script(load_lua("hand_out.lua"))
 
     def park(
-        self, queue: QueueConfig, consumer: str, reason: str, dry_run: bool = False
+        self,
+        queue: QueueConfig,
+        consumer: str,
+        reason: str,
+        dry_run: bool = False,
+        uncharged: bool = False,
     ) -> ParkResult:
-        """Move everything pending on ``consumer`` to the parking consumer."""
-        parked, dead, deleted = self._park(
-            keys=[queue.stream, queue.dead_stream, keys.in_hand(consumer)],
+        """Move everything pending on ``consumer`` to the parking consumer;
+        ``uncharged``: none of its deliveries counts as an attempt."""
+        parked, dead, deleted, done, in_hand = self._park(
+            keys=[
+                queue.stream,
+                queue.dead_stream,
+                keys.in_hand(consumer),
+                keys.worker_done(consumer),
+            ],
             args=[
                 queue.group,
                 consumer,
@@ -94,9 +107,12 @@ class Reaper:
                 reason,
                 f"{time.time():.3f}",
                 "1" if dry_run else "0",
+                "1" if uncharged else "0",
             ],
         )
-        return ParkResult(queue.name, consumer, int(parked), int(dead), bool(deleted))
+        return ParkResult(
+            queue.name, consumer, int(parked), int(dead), bool(deleted), bool(done), bool(in_hand)
+        )
 
     def hand_out(self, queue: QueueConfig, shares: Mapping[str, int]) -> dict[str, int]:
         """Claim parked entries for consumers: up to ``shares[c]`` each."""

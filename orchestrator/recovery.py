@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection
+from dataclasses import dataclass
 
 import redis
 from loguru import logger
@@ -25,6 +26,16 @@ def entries_text(n: int) -> str:
     return f"{n} entr{'y' if n == 1 else 'ies'}"
 
 
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """What a gone worker left: the crash-loop rule reads ``done`` and ``in_hand``."""
+
+    handed_back: int  # jobs that will run again
+    held: int  # entries (or RQ jobs) it held when it went: handed back or dead-lettered
+    done: bool  # it had completed work
+    in_hand: bool  # it was running entries it had marked in hand
+
+
 class Recovery:
     """Recover, log, and defer while Redis is down."""
 
@@ -33,18 +44,22 @@ class Recovery:
         self.events = events
         self.health = health
         self.reaper = Reaper(client)
-        self.deferred: list[tuple[QueueConfig, str, str]] = []
+        self.deferred: list[tuple[QueueConfig, str, str, bool]] = []
 
-    def recover(self, q: QueueConfig, consumer: str, reason: str) -> int:
-        """Give ``consumer``'s work back; how many jobs will run again."""
+    def recover(
+        self, q: QueueConfig, consumer: str, reason: str, uncharged: bool = False
+    ) -> Recovered | None:
+        """Give ``consumer``'s work back; None when that must wait (Redis is
+        down: retried later) or Redis refused. ``uncharged``: the worker left
+        for an outage (EX_TEMPFAIL), so none of its deliveries was an attempt."""
         try:
             if q.backend is Backend.RQ:
                 return self._requeue_rq(q, consumer, reason)
-            return self._park(q, consumer, reason)
+            return self._park(q, consumer, reason, uncharged)
         except REDIS_ERRORS as exc:
-            self.deferred.append((q, consumer, reason))
+            self.deferred.append((q, consumer, reason, uncharged))
             self.health.failed(time.monotonic(), exc)
-            return 0
+            return None
         except redis.RedisError as exc:  # Redis refused: say so, and keep serving
             self.events.error(
                 "recover_failed",
@@ -53,19 +68,19 @@ class Recovery:
                 queue=q.name,
                 consumer=consumer,
             )
-            return 0
+            return None
 
     def retry_deferred(self) -> None:
         """Run the recoveries an outage held back; stop at the first failure."""
         todo, self.deferred = self.deferred, []
-        for i, (q, consumer, reason) in enumerate(todo):
-            self.recover(q, consumer, reason)  # re-defers itself while Redis is down
+        for i, (q, consumer, reason, uncharged) in enumerate(todo):
+            self.recover(q, consumer, reason, uncharged)  # re-defers itself while Redis is down
             if self.deferred:
                 self.deferred.extend(todo[i + 1 :])
                 return
 
-    def _park(self, q: QueueConfig, consumer: str, reason: str) -> int:
-        result = self.reaper.park(q, consumer, reason)
+    def _park(self, q: QueueConfig, consumer: str, reason: str, uncharged: bool) -> Recovered:
+        result = self.reaper.park(q, consumer, reason, uncharged=uncharged)
         if result.parked:
             self.events.info(
                 "parked",
@@ -86,9 +101,10 @@ class Recovery:
                 consumer=consumer,
                 count=result.dead_lettered,
             )
-        return result.parked
+        held = result.parked + result.dead_lettered
+        return Recovered(result.parked, held, result.done, result.in_hand)
 
-    def _requeue_rq(self, q: QueueConfig, consumer: str, reason: str) -> int:
+    def _requeue_rq(self, q: QueueConfig, consumer: str, reason: str) -> Recovered:
         from orchestrator.rq_backend import recover_worker
 
         result = recover_worker(self.client, q.name, consumer, reason, q.serializer)
@@ -111,7 +127,8 @@ class Recovery:
                 queue=q.name,
                 count=result.failed,
             )
-        return result.requeued
+        held = result.requeued + result.failed
+        return Recovered(result.requeued, held, result.done, in_hand=held > 0)
 
     def sweep(
         self, config: Config, host: str, own_live: Collection[str], live_hosts: Collection[str]

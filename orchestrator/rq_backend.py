@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +61,7 @@ class OrchestratedWorker(Worker):
 class RecoverResult:
     requeued: int
     failed: int
+    done: bool = False  # the worker had finished jobs (RQ's own counts)
 
 
 def recover_worker(
@@ -84,9 +86,14 @@ def recover_worker(
     failed_before = failed.count
     if mine:
         registry.cleanup(timestamp=1)  # only the entries just marked expire so early
+    counts = client.hmget(f"rq:worker:{worker_name}", "successful_job_count", "failed_job_count")
     _forget_worker(client, worker_name, queue_name)
     gone_to_failed = failed.count - failed_before
-    return RecoverResult(requeued=len(mine) - gone_to_failed, failed=gone_to_failed)
+    return RecoverResult(
+        requeued=len(mine) - gone_to_failed,
+        failed=gone_to_failed,
+        done=any(int(c or 0) > 0 for c in counts),
+    )
 
 
 def _forget_worker(client: redis.Redis, worker_name: str, queue_name: str) -> None:
@@ -113,6 +120,13 @@ def main() -> int:
         [queue], name=env.get("ORCH_CONSUMER"), connection=client, serializer=serializer
     )
     idle_s = float(env.get("ORCH_IDLE_TIMEOUT", "5"))
+
+    # SIGUSR1: the spawner gives this worker's slot to another queue: RQ's
+    # warm shutdown (the job in hand finishes), as on a first SIGTERM.
+    def give_slot_up(_signum: int, frame: Any) -> None:
+        worker.request_stop(signal.SIGTERM, frame)  # type: ignore[no-untyped-call]
+
+    signal.signal(signal.SIGUSR1, give_slot_up)
     worker.work(burst=idle_s <= 0, max_idle_time=max(1, math.ceil(idle_s)), logging_level="INFO")
     return 0
 

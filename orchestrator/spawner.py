@@ -31,16 +31,25 @@ import psutil
 import redis
 
 from orchestrator import keys, procs, scaling
-from orchestrator.config import Backend, Config, ConfigError, QueueConfig, load_config
+from orchestrator.config import (
+    RQ_WORKER_ARGV,
+    Backend,
+    Config,
+    ConfigError,
+    QueueConfig,
+    load_config,
+)
 from orchestrator.connections import REDIS_ERRORS, RedisHealth, connect
 from orchestrator.fleet import Fleet, Lease, StopReason, Worker, death_reason, exit_text, stop_text
+from orchestrator.guard import Guard
+from orchestrator.hostclaim import HostClaim, HostTaken
 from orchestrator.launcher import Launcher, worker_env
 from orchestrator.logs import Events
 from orchestrator.procs import ExitStatus
 from orchestrator.queues import DepthProbe, QueueDepth, StreamWatch
 from orchestrator.queuestate import QueueState, apply_config
 from orchestrator.reaper import PARKING_CONSUMER, Liveness, classify, split_shares
-from orchestrator.recovery import Recovery
+from orchestrator.recovery import Recovered, Recovery
 from orchestrator.status import (
     HostStatus,
     WorkerStatus,
@@ -52,6 +61,11 @@ from orchestrator.status import (
 SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 MIN_TICK_INTERVAL_S = 0.005
 SWEEP_INTERVAL_S = 30.0
+# When the host cap binds and more queues want workers than it allows, a
+# queue whose worker has held its slot this long gives it up to one waiting.
+YIELD_TURN_S = 2.0
+YIELD_SIGNAL = signal.SIGUSR1  # "finish the job in hand, then exit" (the runtime's)
+EXIT_HOST_TAKEN = 2
 
 
 class WorkerSpawner:
@@ -75,6 +89,9 @@ class WorkerSpawner:
         self.health = RedisHealth(self.events, config.redis_url)
         self.recovery = Recovery(self.client, self.events, self.health)
         self.launcher = Launcher(self.events, subreaper)
+        self.guard = Guard() if subreaper else None
+        self.claim = HostClaim(self.client, self.host, config.spawner.heartbeat_ttl_s)
+        self.refused: HostTaken | None = None
         self.started_at = time.time()
         self.stopping = False
         self.next_tick = 0.0
@@ -118,8 +135,11 @@ class WorkerSpawner:
     # -- lifecycle ----------------------------------------------------------
 
     def run(self) -> int:
-        """Serve until SIGTERM/SIGINT; returns the process exit code (0)."""
+        """Serve until SIGTERM/SIGINT; returns the process exit code (0, or
+        2 when another live spawner holds this host name)."""
         self.launcher.open(self.config.spawner.fork_server, self.config.spawner.preload)
+        if self.guard is not None:
+            self.guard.start()
         wakeup = procs.SignalWakeup(SIGNALS)
         wakeup.install()
         try:
@@ -131,7 +151,7 @@ class WorkerSpawner:
         finally:
             wakeup.close()
             self._finish()
-        return 0
+        return EXIT_HOST_TAKEN if self.refused else 0
 
     def step(self) -> None:
         """One pass of the loop: exits, deadlines, then a tick when due."""
@@ -202,15 +222,21 @@ class WorkerSpawner:
         """Probe, decide, act. Redis errors are waited out, never raised."""
         self.next_tick = now + self.config.spawner.poll_interval_s
         try:
+            if not self.claim.claimed:
+                self.claim.claim()
             if not self.adopted:
                 self._adopt_leases()
             self.recovery.retry_deferred()
             depths, live_hosts = self._probe()
-            self.health.succeeded(time.monotonic())
+            if self.health.succeeded(time.monotonic()):
+                for state in self.queues.values():  # what waited for Redis goes at once
+                    state.backoff = state.backoff.lifted_for_redis()
             self._reconcile(depths, live_hosts, now)
             if now >= self.next_sweep:
                 self.recovery.sweep(self.config, self.host, self.fleet.consumers(), live_hosts)
                 self.next_sweep = now + SWEEP_INTERVAL_S
+        except HostTaken as exc:
+            self._refuse(exc)
         except REDIS_ERRORS as exc:
             self.watch.reset()
             self.health.failed(time.monotonic(), exc)
@@ -219,27 +245,38 @@ class WorkerSpawner:
             self.watch.reset()
             self.events.error("tick_failed", "❌", f"Redis refused a command: {exc}")
 
+    def _refuse(self, exc: HostTaken) -> None:
+        """Another live spawner has our host name: stop, touching nothing of its."""
+        self.events.error("host_taken", "⛔", f"Refusing to run: {exc}", host=self.host)
+        self.refused = exc
+        self.request_stop()
+
     def _probe(self) -> tuple[dict[str, QueueDepth], set[str]]:
         """The tick's one round trip: depths, live hosts, our heartbeat."""
         if self.probe.sha is None:
             self.probe.load(self.client)
         try:
-            reply, hosts = self._probe_pipeline()
+            reply, hosts, holder = self._probe_pipeline()
         except redis.exceptions.NoScriptError:  # Redis restarted: scripts are gone
             self.probe.load(self.client)
-            reply, hosts = self._probe_pipeline()
+            reply, hosts, holder = self._probe_pipeline()
+        taken_by = self.claim.check(holder)
+        if taken_by is not None:
+            self.claim.claimed = False  # not ours any more: never release it
+            raise HostTaken(self.host, taken_by)
         depths = self.probe.parse(reply) if self.probe.queues else {}
         for name, depth in depths.items():
             self.queues[name].depth = depth
         return depths, {h.decode() if isinstance(h, bytes) else str(h) for h in hosts}
 
-    def _probe_pipeline(self) -> tuple[Any, list[Any]]:
+    def _probe_pipeline(self) -> tuple[Any, list[Any], Any]:
         pipe = self.client.pipeline(transaction=False)
         self.probe.queue_on(pipe)
         pipe.zrangebyscore(keys.HOSTS, time.time(), "+inf")
+        pipe.get(keys.host(self.host))
         publish(pipe, self.snapshot(), self.config.spawner.heartbeat_ttl_s)
-        reply, hosts, *_ = pipe.execute()
-        return reply, hosts
+        reply, hosts, holder, *_ = pipe.execute()
+        return reply, hosts, holder
 
     def _reconcile(self, depths: dict[str, QueueDepth], live_hosts: set[str], now: float) -> None:
         own_live = self.fleet.consumers()
@@ -248,7 +285,9 @@ class WorkerSpawner:
             state.parked = depth.pending_by_consumer.get(PARKING_CONSUMER, 0)
             for consumer, n in depth.pending_by_consumer.items():
                 if n and classify(consumer, self.host, own_live, live_hosts) is Liveness.DEAD:
-                    state.parked += self.recovery.recover(state.config, consumer, "worker lost")
+                    recovered = self.recovery.recover(state.config, consumer, "worker lost")
+                    state.parked += recovered.handed_back if recovered else 0
+            state.note_starving(self.fleet.of_queue(name), now)
         self.memory_ok = self._memory_ok()
         self._enforce_worker_memory()
         if not self.stopping:
@@ -265,9 +304,13 @@ class WorkerSpawner:
 
     def _spawn_planned(self, now: float) -> None:
         facts = [self._facts(n, now) for n, s in self.queues.items() if not s.retired]
-        plan = scaling.plan_spawns(
-            facts, len(self.fleet), self.config.spawner.max_total_workers, self.memory_ok
-        )
+        max_total = self.config.spawner.max_total_workers
+        plan = scaling.plan_spawns(facts, len(self.fleet), max_total, self.memory_ok)
+        if not plan and self.memory_ok:
+            for name, count in scaling.plan_yields(
+                facts, len(self.fleet), max_total, YIELD_TURN_S
+            ).items():
+                self._yield_slots(name, count)
         for name, count in plan.items():
             state = self.queues[name]
             # Parked entries are shared between the new workers and the idle
@@ -290,7 +333,40 @@ class WorkerSpawner:
             shares = split_shares(state.parked, [w.lease.consumer for w in idle])
             given = self.recovery.reaper.hand_out(state.config, shares)
             state.parked -= sum(given.values())
+            for w in idle:
+                w.handed += given.get(w.lease.consumer, 0)
             self._wake(list(given))
+
+    def _yield_slots(self, name: str, count: int) -> None:
+        """Ask ``count`` workers of ``name`` to give their slots up: each
+        finishes the job in hand and exits (nothing is killed mid-job).
+        Only workers that say they can (the runtime's, RQ's) are asked;
+        idle ones first, then the longest running."""
+        state = self.queues[name]
+        candidates = [w for w in self.fleet.of_queue(name) if w.stop_reason is None]
+        candidates.sort(key=lambda w: (state.holds(w) > 0, w.started_mono))
+        for worker in self._can_yield(state.config, candidates)[:count]:
+            if worker.terminate(StopReason.YIELD, 0.0, YIELD_SIGNAL):
+                self.events.info(
+                    "yield",
+                    "↪️",
+                    f"Worker {worker.worker_id} for {state.config.label} gives its slot up "
+                    f"after its job: max_total_workers {self.config.spawner.max_total_workers} "
+                    "is reached and another queue has work and no worker",
+                    queue=name,
+                    worker_id=worker.worker_id,
+                    pid=worker.pid,
+                )
+
+    def _can_yield(self, q: QueueConfig, workers: list[Worker]) -> list[Worker]:
+        if q.backend is Backend.RQ:
+            return workers if q.argv == RQ_WORKER_ARGV else []
+        beats = self.client.mget([keys.worker_heartbeat(w.lease.consumer) for w in workers])
+        return [
+            w
+            for w, raw in zip(workers, beats, strict=True)
+            if raw and json.loads(raw).get("yields")
+        ]
 
     def _wake(self, consumers: list[str]) -> None:
         """Cut a worker's blocking read short so it sees its new entries."""
@@ -336,8 +412,8 @@ class WorkerSpawner:
             worker_id = self.fleet.new_worker_id(queue.label.lower(), now_wall)
             consumer = keys.consumer_name(self.host, worker_id)
             if share and queue.backend is Backend.STREAM:
-                given = self.recovery.reaper.hand_out(queue, {consumer: share})
-                self.queues[queue.name].parked -= given.get(consumer, 0)
+                share = self.recovery.reaper.hand_out(queue, {consumer: share}).get(consumer, 0)
+                self.queues[queue.name].parked -= share
             planned.append((worker_id, consumer, share))
         envs = [worker_env(self.config, queue, w, c, deadline) for w, c, _ in planned]
         launched = self.launcher.launch(queue, envs, str(self.config.root))
@@ -347,7 +423,7 @@ class WorkerSpawner:
                 self.events.error(
                     "spawn_failed", "❌", f"Cannot start worker for {queue.label}: {outcome}"
                 )
-                self._record_exit(queue, 0.0, failed=True)
+                self._record_exit(queue, START_FAILED, time.monotonic())
                 continue
             pid, popen = outcome
             lease = Lease(
@@ -365,8 +441,12 @@ class WorkerSpawner:
     def _register(
         self, queue: QueueConfig, lease: Lease, popen: subprocess.Popen[bytes] | None, share: int
     ) -> Worker:
-        worker = Worker(lease=lease, popen=popen, started_mono=time.monotonic())
+        worker = Worker(lease=lease, popen=popen, started_mono=time.monotonic(), handed=share)
         self.fleet.add(worker)
+        if self.guard is not None:
+            self.guard.watch(
+                lease.pid, lease.deadline, self.config.spawner.stop_grace_s, lease.consumer
+            )
         self.client.hset(keys.leases(self.host), lease.worker_id, lease.to_json())
         self.events.info(
             "spawn",
@@ -409,7 +489,7 @@ class WorkerSpawner:
             if status is not None:
                 self._on_exit(w, status, now)
                 continue
-            if w.stop_reason is None and wall >= w.lease.deadline:
+            if w.stop_reason in (None, StopReason.YIELD) and wall >= w.lease.deadline:
                 self._terminate(w, StopReason.MAX_RUNTIME)
             if w.kill_at is not None:
                 w.remember_tree()
@@ -417,21 +497,45 @@ class WorkerSpawner:
                     w.kill_tree()
         if self.strays_due:
             self.strays_due = False
-            self.launcher.reap_strays([w.pid for w in self.fleet])
+            keep = [w.pid for w in self.fleet]
+            if self.guard is not None and self.guard.pid is not None:
+                keep.append(self.guard.pid)
+            self.launcher.reap_strays(keep)
         self.launcher.check_zygote()
+        self._check_guard()
+
+    def _check_guard(self) -> None:
+        """A guard that died is started again and told of every worker."""
+        if self.guard is None or self.guard.alive():
+            return
+        self.events.warning("guard", "⚠️", "Guard process gone; restarting it")
+        self.guard.close()
+        self.guard.start()
+        for w in self.fleet:
+            self.guard.watch(
+                w.pid, w.lease.deadline, self.config.spawner.stop_grace_s, w.lease.consumer
+            )
 
     def _enforce_worker_memory(self) -> None:
         for w in self.fleet:
             cap_mb = self._queue_config(w.queue).max_memory_mb
-            if cap_mb and w.stop_reason is None and procs.tree_rss_bytes(w.pid) > cap_mb * 2**20:
+            if (
+                cap_mb
+                and w.stop_reason in (None, StopReason.YIELD)
+                and procs.tree_rss_bytes(w.pid) > cap_mb * 2**20
+            ):
                 self._terminate(w, StopReason.MEMORY)
 
     def _on_exit(self, worker: Worker, status: ExitStatus, now: float) -> None:
-        """A worker is gone: log it, count it, give its work back."""
+        """A worker is gone: log it, give its work back, judge its program."""
         self.fleet.remove(worker.worker_id)
+        if self.guard is not None:
+            self.guard.forget(worker.pid)
         q = self._queue_config(worker.queue)
         runtime = worker.runtime_s(now)
         leftovers = worker.kill_leftovers()
+        if not worker.child:  # adopted: its orphans went to init, not to us
+            leftovers += len(procs.kill_tagged(worker.lease.consumer))
         icon, text = exit_text(
             worker, status, q.label, runtime, leftovers, self.fleet.count(q.name)
         )
@@ -446,49 +550,68 @@ class WorkerSpawner:
             signal=status.signal,
             runtime_s=round(runtime, 3),
         )
-        requested = worker.stop_reason is not None
-        failed = not requested and (not status.ok or self._gave_up_early(q, runtime, now))
-        self._record_exit(q, runtime, failed=failed, now=now)
+        early = status.ok and self._gave_up_early(q, runtime, now)
         stopped = self._stop_text(worker, worker.stop_reason) if worker.stop_reason else ""
-        reason = death_reason(worker, status, stopped)
-        if self.recovery.recover(q, worker.lease.consumer, reason) and q.name in self.queues:
+        tempfail = status.code == scaling.EX_TEMPFAIL  # Redis or a dependency was down
+        recovered = self.recovery.recover(
+            q, worker.lease.consumer, death_reason(worker, status, stopped), uncharged=tempfail
+        )
+        if recovered is not None and recovered.handed_back and q.name in self.queues:
             self.queues[q.name].stranded = True
+        self._record_exit(q, _verdict_facts(worker, status, runtime, early, recovered), now)
         with contextlib.suppress(*REDIS_ERRORS):  # a stale lease is harmless at restart
             self.client.hdel(keys.leases(self.host), worker.worker_id)
         self.next_tick = min(self.next_tick, now)
 
     def _gave_up_early(self, q: QueueConfig, runtime_s: float, now: float) -> bool:
-        """A clean exit that counts towards a crash loop: sooner than the
-        worker could have been idle for ``idle_timeout``, while work waits
-        (a script that exits 0 at once must not be respawned in a tight loop)."""
+        """A clean exit sooner than the worker could have been idle for
+        ``idle_timeout``, while work waits (a script that exits 0 at once
+        must not be respawned in a tight loop)."""
         state = self.queues.get(q.name)
         if state is None or runtime_s >= min(q.idle_timeout_s, self.config.spawner.crash_window_s):
             return False
         return state.facts(self.fleet.of_queue(q.name), now).backlog > 0
 
-    def _record_exit(
-        self, q: QueueConfig, runtime: float, failed: bool, now: float | None = None
-    ) -> None:
+    def _record_exit(self, q: QueueConfig, facts: scaling.ExitFacts, now: float) -> None:
         state = self.queues.get(q.name)
         if state is None:
             return
-        now = time.monotonic() if now is None else now
         spawner = self.config.spawner
-        state.record_exit(now, runtime, failed, spawner.crash_window_s, spawner.crash_backoff_max_s)
-        if state.backoff.streak >= 2:
+        verdict = scaling.exit_verdict(facts, spawner.crash_window_s)
+        was = state.backoff
+        state.record_exit(now, verdict, spawner.crash_backoff_max_s)
+        if verdict is scaling.ExitVerdict.CRASH and state.backoff.streak >= 2:
             self.events.warning(
                 "crash_loop",
                 "🔁",
                 f"{q.label} workers keep failing within {spawner.crash_window_s:g}s of start "
-                f"({state.backoff.streak} in a row): next spawn in "
+                f"without completing a job ({state.backoff.streak} in a row): next spawn in "
                 f"{state.backoff.delay_s(now):.0f}s",
                 queue=q.name,
                 streak=state.backoff.streak,
+            )
+        elif verdict is scaling.ExitVerdict.TEMPFAIL and was.reason != scaling.TEMPFAIL_REASON:
+            self.events.warning(
+                "tempfail",
+                "⏳",
+                f"{q.label} workers wait for a dependency (exit {scaling.EX_TEMPFAIL}): "
+                f"retrying every {scaling.TEMPFAIL_RETRY_S:g}s, at once when Redis returns",
+                queue=q.name,
             )
 
     # -- start-up, sweep, status, shutdown ----------------------------------
 
     def _startup(self) -> None:
+        """Claim the host name, say so, adopt the previous spawner's workers.
+        With Redis down, the claim and adoption wait for the first tick
+        that reaches it."""
+        try:
+            self.claim.claim()
+        except HostTaken as exc:
+            self._refuse(exc)
+            return
+        except REDIS_ERRORS as exc:
+            self.health.failed(time.monotonic(), exc)
         self.events.info(
             "start",
             "🟢",
@@ -497,10 +620,11 @@ class WorkerSpawner:
                 f"{q.name} ({q.label}, max {q.max_concurrent})" for q in self.config.queues.values()
             ),
         )
-        try:
-            self._adopt_leases()
-        except REDIS_ERRORS as exc:
-            self.health.failed(time.monotonic(), exc)
+        if self.claim.claimed:
+            try:
+                self._adopt_leases()
+            except REDIS_ERRORS as exc:
+                self.health.failed(time.monotonic(), exc)
 
     def _adopt_leases(self) -> None:
         """Workers of this host left by a previous spawner: adopt or recover.
@@ -518,6 +642,9 @@ class WorkerSpawner:
             if q is not None and lease.process_alive():
                 started = time.monotonic() - (time.time() - lease.started_at)
                 self.fleet.add(Worker(lease=lease, popen=None, started_mono=started, child=False))
+                if self.guard is not None:
+                    grace_s = self.config.spawner.stop_grace_s
+                    self.guard.watch(lease.pid, lease.deadline, grace_s, lease.consumer)
                 self.events.info(
                     "adopt",
                     "🤝",
@@ -529,6 +656,25 @@ class WorkerSpawner:
                 self.recovery.recover(q, lease.consumer, "worker lost: spawner restarted")
             self.client.hdel(keys.leases(self.host), worker_id)
         self.adopted = True
+        self._kill_left_behind()
+
+    def _kill_left_behind(self) -> None:
+        """Processes of this host's previous workers that are not adopted
+        (a daemon a worker started, a worker's orphan): killed, and said."""
+        adopted = self.fleet.consumers()
+        prefix = keys.consumer_name(self.host, "")
+        left = {pid: c for pid, c in procs.tagged_processes(prefix).items() if c not in adopted}
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if left:
+            self.events.warning(
+                "left_behind",
+                "🧹",
+                f"Killed {len(left)} process(es) left behind by previous workers of {self.host} "
+                f"(PIDs: {', '.join(map(str, sorted(left)))})",
+                pids=",".join(map(str, sorted(left))),
+            )
 
     def snapshot(self) -> HostStatus:
         now = time.monotonic()
@@ -552,9 +698,13 @@ class WorkerSpawner:
             w.terminate(StopReason.SHUTDOWN, 0.0)
             w.kill_tree()
         self.launcher.close()
+        if self.guard is not None:
+            self.guard.close()
         self.watch.reset()
-        with contextlib.suppress(*REDIS_ERRORS):
-            withdraw(self.client, self.host)
+        if self.claim.claimed:
+            with contextlib.suppress(*REDIS_ERRORS):
+                withdraw(self.client, self.host)
+                self.claim.release()
         self.events.info("stopped", "👋", f"Spawner on {self.host} stopped")
 
     # -- config --------------------------------------------------------------
@@ -598,6 +748,26 @@ class WorkerSpawner:
                     f"{self.config.spawner.max_memory_percent:g}: not spawning",
                 )
         return ok
+
+
+START_FAILED = scaling.ExitFacts(
+    requested=False, code=None, completed=False, working=False, runtime_s=0.0, early_with_work=False
+)
+
+
+def _verdict_facts(
+    worker: Worker, status: ExitStatus, runtime_s: float, early: bool, recovered: Recovered | None
+) -> scaling.ExitFacts:
+    """What the crash-loop rule needs to know of an exit. When Redis could
+    not say what the worker did (an outage), it is taken to have worked."""
+    return scaling.ExitFacts(
+        requested=worker.stop_reason is not None,
+        code=status.code,
+        completed=recovered is None or recovered.done,
+        working=recovered is not None and (recovered.in_hand or recovered.held > worker.handed),
+        runtime_s=runtime_s,
+        early_with_work=early,
+    )
 
 
 def _create_time(pid: int, default: float) -> float:

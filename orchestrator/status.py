@@ -35,6 +35,8 @@ class QueueStatus:
     oldest_age_s: float | None = None
     dead_letters: int = 0
     backlog_exact: bool = True
+    backoff_s: float = 0.0  # no spawning for this long yet ...
+    backoff_reason: str = ""  # ... because of this ("crash loop", "dependency unavailable")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +78,16 @@ def status_line(queues: Sequence[QueueStatus]) -> str:
     """``AI: 3/3 workers, 4 jobs | UPLOAD: ...`` (without the pictograph)."""
     return " | ".join(
         f"{q.label}: {q.live}/{q.max_concurrent} workers, {jobs_text(q.backlog, q.backlog_exact)}"
+        + backoff_text(q)
         for q in queues
     )
+
+
+def backoff_text(q: QueueStatus) -> str:
+    """``, crash loop: next spawn in 4s`` while a backoff holds the queue back."""
+    if not q.backoff_reason:
+        return ""
+    return f", {q.backoff_reason}: next spawn in {q.backoff_s:.0f}s"
 
 
 def spawn_line(worker_id: str, label: str, pid: int, total: int) -> str:
@@ -145,7 +155,7 @@ def format_table(hosts: Sequence[HostStatus], now: float) -> str:
             lines.append(
                 f"  {q.name:<22} {q.label:<10} {f'{q.live}/{q.max_concurrent}':>8} "
                 f"{backlog:>8} {q.pending:>8} {format_age(q.oldest_age_s):>8} "
-                f"{q.dead_letters:>6}"
+                f"{q.dead_letters:>6}{backoff_text(q)}"
             )
         for w in h.workers:
             lines.append(

@@ -49,10 +49,11 @@ from typing import Any, NoReturn
 import redis
 from loguru import logger
 
-from orchestrator import keys, procs
+from orchestrator import codec, keys, procs
 
 EX_OK = 0
 EX_FAILURE = 1
+EX_SOFTWARE = 70  # sysexits.h: the runtime itself failed (no job is charged)
 EX_TEMPFAIL = 75  # sysexits.h: try again later
 
 Handler = Callable[[dict[str, Any]], "dict[str, Any] | None"]
@@ -76,9 +77,22 @@ QUICK_CONNECT = _quick_connect()
 LOG_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {message}"
 
 FLUSH_AFTER_S = 0.2  # results wait at most this long for their batch's ack
+# A ``run_worker`` worker reads ahead only the entries it expects to start
+# within this window, judging by its recent time per job (at first: one
+# entry). Slow jobs are therefore never read ahead, and N jobs on M idle
+# workers start min(N, M) at once; tiny jobs are still read up to
+# ``batch_size`` at a time. (A batch handler starts all it reads at once.)
+PREFETCH_WINDOW_S = 0.02
 OWN_CHECK_INTERVAL_S = 1.0  # re-read our own pending entries at least this often
+# SIGTERM and SIGINT stop a worker after the job in hand; so does SIGUSR1,
+# the spawner's request to give the worker's slot to another queue.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 HEARTBEAT_INTERVAL_S = 2.0
 HEARTBEAT_TTL_S = 10.0
+DONE_MARK_SLACK_S = 600.0  # orch:done:<consumer> outlives the deadline by this
+
+
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 
 
 class Unavailable(Exception):
@@ -118,7 +132,7 @@ class Settings:
     idle_timeout_s: float
     max_attempts: int
     then: str | None
-    batch_size: int = 10
+    batch_size: int = 100
     host: str = ""
     spawner_pid: int | None = None
     config_path: str | None = None
@@ -144,7 +158,7 @@ class Settings:
             idle_timeout_s=float(e.get("ORCH_IDLE_TIMEOUT") or 5),
             max_attempts=int(e.get("ORCH_MAX_ATTEMPTS") or 3),
             then=e.get("ORCH_THEN") or None,
-            batch_size=int(e.get("ORCH_BATCH_SIZE") or 10),
+            batch_size=int(e.get("ORCH_BATCH_SIZE") or 100),
             host=e.get("ORCH_HOST", ""),
             spawner_pid=int(e["ORCH_SPAWNER_PID"]) if e.get("ORCH_SPAWNER_PID") else None,
             config_path=e.get("ORCH_CONFIG") or None,
@@ -197,6 +211,7 @@ class WorkerRuntime:
         self.waiting = False  # in a blocking read for new entries
         self.check_own = True  # read our own pending entries before new ones
         self.own_checked_at = 0.0
+        self.reported_done = False  # orch:done:<consumer> is set once, with the first ack
 
     def request_stop(self, *_: object) -> None:
         """SIGTERM/SIGINT: finish the job in hand; cut a wait for work short."""
@@ -206,11 +221,11 @@ class WorkerRuntime:
 
     def run(self) -> int:
         """Serve until idle, deadline or SIGTERM; returns the exit code."""
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self.request_stop)
         try:
             client_id = int(self.client.client_id())
-            self.heartbeat = Heartbeat(self.s, client_id)
+            self.heartbeat = Heartbeat(self.s, client_id, yields=True)
             self.heartbeat.start()
             return self._loop()
         except Interrupted as exc:
@@ -219,9 +234,14 @@ class WorkerRuntime:
         except Unavailable as exc:
             logger.warning(f"{self.s.worker_id}: dependency unavailable: {exc}; exiting")
             return EX_TEMPFAIL
-        except redis.ConnectionError as exc:
+        except REDIS_DOWN as exc:
             logger.error(f"{self.s.worker_id}: Redis unavailable: {exc}; exiting")
             return EX_TEMPFAIL
+        except Exception:  # the runtime's own failure, not a handler's: charge no job
+            logger.exception(f"{self.s.worker_id}: runtime failure; its entries go back uncounted")
+            with contextlib.suppress(redis.RedisError):
+                self._release()
+            return EX_SOFTWARE
         finally:
             if self.heartbeat is not None:
                 self.heartbeat.stop()
@@ -271,12 +291,22 @@ class WorkerRuntime:
         )
         if block_s <= 0:
             return []
-        reply = self._wait_for_new(max(1, int(block_s * 1000)))
+        reply = self._wait_for_new(max(1, int(block_s * 1000)), self.read_size())
         jobs = [Job(i, f, 1) for i, f in _entries(reply)]
         self.check_own = not jobs  # timed out or woken: maybe we were handed work
         return jobs
 
-    def _wait_for_new(self, block_ms: int) -> Any:
+    def read_size(self) -> int:
+        """How many new entries to read. A batch handler starts its whole
+        batch at once: ``batch_size``. Jobs run one by one: only those that
+        will start within the prefetch window, at first one."""
+        if self.handle_one is None:
+            return self.s.batch_size
+        if self.avg_job_s <= 0.0:
+            return 1
+        return max(1, min(self.s.batch_size, int(PREFETCH_WINDOW_S / self.avg_job_s)))
+
+    def _wait_for_new(self, block_ms: int, count: int) -> Any:
         """XREADGROUP '>' that a stop signal interrupts (the reply is dropped:
         anything Redis delivered meanwhile stays pending on us and is passed
         on by the spawner with its count, which the in-hand marker says was
@@ -287,7 +317,7 @@ class WorkerRuntime:
             if self.stopping:
                 return None
             return self.client.xreadgroup(
-                s.group, s.consumer, {s.stream: ">"}, count=s.batch_size, block=block_ms
+                s.group, s.consumer, {s.stream: ">"}, count=count, block=block_ms
             )
         except _StopWaiting:
             self.client.connection.disconnect()  # type: ignore[union-attr]
@@ -367,6 +397,9 @@ class WorkerRuntime:
                 except (Unavailable, Interrupted):
                     self._release()  # none of the deliveries this worker holds counts
                     raise
+                except REDIS_DOWN as exc:  # a Redis the handler uses is down
+                    self._release()
+                    raise Unavailable(f"Redis: {exc}") from exc
                 except Exception as exc:
                     self._failed([job], exc, batch)
                 else:
@@ -397,6 +430,9 @@ class WorkerRuntime:
         except (Unavailable, Interrupted):
             self._release()  # none of the deliveries this worker holds counts
             raise
+        except REDIS_DOWN as exc:  # a Redis the handler uses is down
+            self._release()
+            raise Unavailable(f"Redis: {exc}") from exc
         except Exception as exc:
             self._failed(jobs, exc, batch)
             return
@@ -441,7 +477,7 @@ class Batch:
         self.s = runtime.s
         self.acks: list[str] = []
         self.forwards: list[dict[str, Any]] = []
-        self.dead_letters: list[dict[str, str]] = []
+        self.dead_letters: list[dict[bytes, bytes]] = []
         self.first_at = 0.0
 
     def ack(self, job: Job, result: dict[str, Any] | None) -> None:
@@ -456,15 +492,7 @@ class Batch:
     def dead(self, job: Job, error: str) -> None:
         self._note()
         self.acks.append(job.id)
-        self.dead_letters.append(
-            {
-                **job.fields,
-                "error": error,
-                "attempts": str(job.attempts),
-                "failed_at": f"{time.time():.3f}",
-                "original_id": job.id,
-            }
-        )
+        self.dead_letters.append(dead_letter_fields(job.fields, error, job.attempts, job.id))
         logger.warning(f"{self.s.worker_id}: job {job.id} dead-lettered: {error}")
 
     def _note(self) -> None:
@@ -483,14 +511,20 @@ class Batch:
             pipe.xadd(keys.dead_stream(self.s.stream), fields)  # type: ignore[arg-type]
         if self.acks:
             pipe.xack(self.s.stream, self.s.group, *self.acks)
+            if not self.rt.reported_done:
+                mark_done(pipe, self.s)
         pipe.execute()
+        if self.acks:
+            self.rt.reported_done = True
         self.acks, self.forwards, self.dead_letters = [], [], []
 
 
 class Heartbeat:
     """``orch:worker:<consumer>``: pid, client id, current jobs; TTL'd."""
 
-    def __init__(self, settings: Settings, client_id: int) -> None:
+    def __init__(self, settings: Settings, client_id: int, *, yields: bool = False) -> None:
+        """``yields``: the process stops after its job in hand on SIGUSR1, so
+        the spawner may ask it to give its slot to another queue."""
         self.s = settings
         self.client: redis.Redis | None = None  # made by the thread: not on the start-up path
         self.key = keys.worker_heartbeat(settings.consumer)
@@ -501,6 +535,7 @@ class Heartbeat:
             "worker_id": settings.worker_id,
             "host": settings.host,
             "started_at": time.time(),
+            "yields": yields,
         }
         self.jobs: Sequence[Job] = ()  # in hand; read by the heartbeat thread
         self._stop = threading.Event()
@@ -537,6 +572,30 @@ class Heartbeat:
         with contextlib.suppress(redis.RedisError):
             self._connection().delete(self.key)
         self._connection().close()
+
+
+def mark_done(pipe: redis.client.Pipeline, settings: Settings) -> None:
+    """Queue ``orch:done:<consumer>`` on ``pipe``: this worker has completed
+    work, so its exit (or death) is no sign of a crash loop. Set once, with
+    the first acknowledgement; the spawner reads and deletes it when the
+    worker is gone."""
+    ttl_s = max(0.0, settings.deadline - time.time()) + DONE_MARK_SLACK_S
+    pipe.set(keys.worker_done(settings.consumer), 1, px=int(ttl_s * 1000))
+
+
+def dead_letter_fields(
+    fields: Mapping[str, str | bytes], error: str, attempts: int, entry_id: str
+) -> dict[bytes, bytes]:
+    """A dead letter: the original fields byte for byte, plus why (SPEC.md)."""
+    return codec.fields_to_bytes(
+        {
+            **fields,
+            "error": error,
+            "attempts": str(attempts),
+            "failed_at": f"{time.time():.3f}",
+            "original_id": entry_id,
+        }
+    )
 
 
 def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
@@ -610,8 +669,8 @@ def run_worker(handle: Handler, settings: Settings | None = None) -> NoReturn:
 
 def _exit(code: int) -> NoReturn:
     """Exit with ``code``; a stop signal arriving now must not replace it."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
     sys.exit(code)
 
 

@@ -20,6 +20,9 @@ from tests.helpers import wait_until
 
 WORKERS = Path(__file__).parent / "workers"
 ROOT = Path(__file__).parent.parent
+# The harness' spawner keys, quicker than the shipped ones; tests of what a
+# user sees pass ``shipped_defaults=True`` instead.
+HARNESS_SPAWNER = {"poll_interval": 0.2, "status_interval": 1.0, "stop_grace": 2}
 SPAWN_RE = re.compile(r"Spawned worker (\S+) for (\S+) \(PID: (\d+), Total: (\d+)\)")
 
 
@@ -39,19 +42,17 @@ class SpawnerProc:
         env: Mapping[str, str] | None = None,
         name: str = "spawner",
         log: Mapping[str, Any] | None = None,
+        shipped_defaults: bool = False,
     ) -> None:
+        """``shipped_defaults``: the spawner keys a user gets (only ``host``
+        and what ``spawner`` names are set); else the harness' quicker ones."""
         self.dir = tmp / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.out = self.dir / "out"
         self.config_path = self.dir / "workers.yaml"
         self.log_path = self.dir / "spawner.log"
-        settings = {
-            "poll_interval": 0.2,
-            "status_interval": 1.0,
-            "stop_grace": 2,
-            "host": f"test-{name}",
-            **(spawner or {}),
-        }
+        quick = {} if shipped_defaults else HARNESS_SPAWNER
+        settings = {**quick, "host": f"test-{name}", **(spawner or {})}
         config: dict[str, Any] = {
             "redis": {"url": redis_url},
             "spawner": settings,

@@ -175,6 +175,16 @@ def test_crash_loop_backs_off(redis_url: str, r: redis.Redis, spawner_factory: A
     assert gaps[1] >= 0.9 and gaps[2] >= 1.9, gaps
     assert "(3 in a row): next spawn in 2s" in sp.text()
     assert "(4 in a row): next spawn in 4s" in sp.text()
+    # the status line and `orchestrator status` show the backoff while in force
+    sp.wait_log("AI: 0/1 workers, 1 job, crash loop: next spawn in", timeout_s=10)
+    out = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "status", "-c", str(sp.config_path), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    row = json.loads(out.stdout)["hosts"][0]["queues"][0]
+    assert row["backoff_reason"] == "crash loop" and row["backoff_s"] > 0
 
 
 def test_a_script_exiting_0_at_once_with_work_waiting_backs_off(

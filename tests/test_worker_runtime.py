@@ -58,10 +58,18 @@ def pending_ids(r: redis.Redis) -> list[str]:
 def test_sigterm_finishes_the_job_in_hand_and_leaves_the_rest_uncounted(
     redis_url: str, r: redis.Redis, tmp_path: Path
 ) -> None:
-    ids = add(r, {"id": "long", "action": "sleep", "seconds": 1.0}, {"id": "b"}, {"id": "c"})
+    # The quick first job teaches the worker to read ahead: it then takes
+    # long, b and c in one read.
+    ids = add(
+        r,
+        {"id": "quick"},
+        {"id": "long", "action": "sleep", "seconds": 1.0},
+        {"id": "b"},
+        {"id": "c"},
+    )
     worker = start_worker(redis_url, tmp_path)
     try:
-        wait_until(lambda: r.lrange("test:started", 0, -1), 15)
+        wait_until(lambda: f"long {CONSUMER}" in r.lrange("test:started", 0, -1), 15)
         beat = json.loads(wait_until(lambda: r.get(keys.worker_heartbeat(CONSUMER))))
         assert beat["pid"] == worker.pid and isinstance(beat["client_id"], int)
         assert any(int(c["id"]) == beat["client_id"] for c in r.client_list())
@@ -69,9 +77,10 @@ def test_sigterm_finishes_the_job_in_hand_and_leaves_the_rest_uncounted(
         assert worker.wait(timeout=10) == 0
     finally:
         worker.kill()
-    assert r.smembers("test:done") == {"long"}  # finished, though SIGTERM came mid-job
-    assert r.lrange("test:started", 0, -1) == [f"long {CONSUMER}"]  # b, c never started
-    assert pending_ids(r) == ids[1:]  # "long" acknowledged; b and c left for the next worker
+    assert r.smembers("test:done") == {"quick", "long"}  # long finished, though SIGTERM came
+    started = r.lrange("test:started", 0, -1)
+    assert started == [f"quick {CONSUMER}", f"long {CONSUMER}"]  # b, c never started
+    assert pending_ids(r) == ids[2:]  # read with "long", left for the next worker
     assert r.get(keys.in_hand(CONSUMER)) == ""  # ... and none of their deliveries counts
     assert r.get(keys.worker_heartbeat(CONSUMER)) is None  # withdrawn on exit
 
@@ -91,5 +100,30 @@ def test_the_worker_stops_taking_work_before_its_deadline(
     done = r.smembers("test:done")
     assert 1 <= len(done) < 10
     assert len(r.lrange("test:started", 0, -1)) == len(done)  # none was cut short
-    assert len(pending_ids(r)) == 10 - len(done)
-    assert r.get(keys.in_hand(CONSUMER)) == ""  # the rest goes back uncounted
+    assert pending_ids(r) == []  # slow jobs are never read ahead ...
+    assert r.xinfo_groups(STREAM)[0]["lag"] == 10 - len(done)  # ... the rest is not delivered
+
+
+def test_slow_jobs_are_read_one_at_a_time_quick_ones_in_batches(
+    redis_url: str, r: redis.Redis, tmp_path: Path
+) -> None:
+    slow = [{"id": f"s{i}", "action": "sleep", "seconds": 0.2} for i in range(3)]
+    quick = [{"id": f"q{i}"} for i in range(200)]
+    add(r, *slow)
+    worker = start_worker(redis_url, tmp_path, ORCH_IDLE_TIMEOUT="1", ORCH_BATCH_SIZE="100")
+    try:
+        for i in range(3):  # while s<i> runs, nothing else is held by the worker
+            wait_until(lambda i=i: f"s{i} {CONSUMER}" in r.lrange("test:started", 0, -1), 10)
+            assert len(pending_ids(r)) == 1
+        wait_until(lambda: len(r.smembers("test:done")) == 3, 10)
+        r.config_resetstat()
+        pipe = r.pipeline(transaction=False)
+        for job in quick:
+            pipe.xadd(STREAM, {"payload": json.dumps(job)})
+        pipe.execute()
+        wait_until(lambda: len(r.smembers("test:done")) == 203, 10)
+        reads = int(r.info("commandstats")["cmdstat_xreadgroup"]["calls"])
+        assert worker.wait(timeout=10) == 0
+    finally:
+        worker.kill()
+    assert reads < 40  # quick jobs are read many at a time, not one per read

@@ -1,22 +1,33 @@
 """Bench worker: the first job of a trial blocks (so its worker holds the
-whole batch); every other run records when it was handled."""
+whole batch); every other run records when it was handled.
+
+A batch handler: it reads ``batch_size`` entries at once (a ``run_worker``
+worker would read only what it starts within its prefetch window).
+"""
 
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import redis
 
-from orchestrator.worker import run_worker
+from orchestrator.worker import Job, run_batch_worker
 
 r = redis.Redis.from_url(os.environ["ORCH_REDIS_URL"])
 
 
-def handle(job: dict[str, Any]) -> None:
-    trial = job["trial"]
-    if job.get("block") and r.incr(f"bench:blocked:{trial}") == 1:
-        time.sleep(600)
-    r.hset(f"bench:handled:{trial}", str(job["n"]), f"{time.time():.6f}")
+def handle_batch(jobs: Sequence[Job]) -> list[Any]:
+    for job in jobs:
+        trial = job.data["trial"]
+        if job.data.get("block") and r.incr(f"bench:blocked:{trial}") == 1:
+            time.sleep(600)
+    pipe = r.pipeline(transaction=False)
+    now = f"{time.time():.6f}"
+    for job in jobs:
+        pipe.hset(f"bench:handled:{job.data['trial']}", str(job.data["n"]), now)
+    pipe.execute()
+    return [None] * len(jobs)
 
 
-run_worker(handle)
+run_batch_worker(handle_batch)

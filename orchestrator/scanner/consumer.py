@@ -109,6 +109,7 @@ class ScannerWorker:
             worker.group,
             scanner.alert_stream,
             scanner.alert_stream_maxlen,
+            worker,
         )
         self.reporter = Reporter(self.client, worker, scanner.log_interval_s)
         self.drain_timeout_s = max(0.5, stop_grace_s - 1.0)

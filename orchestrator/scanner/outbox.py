@@ -34,6 +34,7 @@ from orchestrator.scanner.frames import TickId
 from orchestrator.scanner.ledger import GIVE_UP_AFTER_CRASHES
 from orchestrator.scanner.patterns import alert_fields
 from orchestrator.scanner.pool import BatchResult
+from orchestrator.worker import Settings, mark_done
 
 __all__ = ["Committed", "Outbox"]
 
@@ -52,12 +53,21 @@ class Outbox:
     """Commits results for one stream, group and alert stream."""
 
     def __init__(
-        self, client: redis.Redis, stream: str, group: str, alert_stream: str, alert_maxlen: int
+        self,
+        client: redis.Redis,
+        stream: str,
+        group: str,
+        alert_stream: str,
+        alert_maxlen: int,
+        worker: Settings | None = None,
     ) -> None:
+        """``worker``: the scanner's settings, to report its first completed
+        work to the spawner (``orch:done:<consumer>``)."""
         self.client = client
         self.stream, self.group = stream, group
         self.dead_stream = keys.dead_stream(stream)
         self.alert_stream, self.alert_maxlen = alert_stream, alert_maxlen
+        self.worker = worker
 
     def commit(self, results: Sequence[BatchResult], gone: Sequence[TickId] = ()) -> Committed:
         """Write and acknowledge ``results`` (see the module doc); what was written."""
@@ -87,7 +97,10 @@ class Outbox:
                 approximate=True,
             )
         pipe.xack(self.stream, self.group, *ids)
+        if self.worker is not None:
+            mark_done(pipe, self.worker)
         pipe.execute()
+        self.worker = None  # reported once
         return Committed(len(ids), len(alerts), len(letters), shed)
 
     def _dead_letters(self, dead: Sequence[tuple[TickId, str]]) -> list[dict[str, Any]]:
