@@ -40,7 +40,7 @@ from pathlib import Path
 
 import psutil
 
-from orchestrator.engine import (
+from orchestrator.apps.batch.engine import (
     ParquetCandleRepository,
     ProcessingEngine,
     ProcessingJob,
@@ -48,8 +48,8 @@ from orchestrator.engine import (
     ScanSpec,
     scan_symbol,
 )
-from orchestrator.engine.candles import Candles
-from orchestrator.engine.synthetic import generate_candles, symbol_names
+from orchestrator.apps.batch.engine.candles import Candles
+from orchestrator.apps.batch.engine.synthetic import generate_candles, symbol_names
 from orchestrator.pools import (
     WORKER_ENV,
     KillablePool,
@@ -178,8 +178,8 @@ class Contenders:
                 target="bench.bench_engine:serial_pass",
                 size=1,
                 standby=0,  # nothing else runs beside the serial loop
-                preload=("numpy", "polars", "orchestrator.engine.scan"),
-                worker_init="orchestrator.engine.scan:warm_up",
+                preload=("numpy", "polars", "orchestrator.apps.batch.engine.scan"),
+                worker_init="orchestrator.apps.batch.engine.scan:warm_up",
             )
         )
         self.engine = ProcessingEngine(data.repository, cores)

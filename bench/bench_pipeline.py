@@ -44,17 +44,22 @@ import redis
 import yaml
 from loguru import logger
 
-from orchestrator.announcements.analysers import make_analyser
-from orchestrator.announcements.handlers import (
+from orchestrator.apps.announcements.analysers import make_analyser
+from orchestrator.apps.announcements.demo import (
+    SpawnerProcess,
+    derive_config,
+    load_samples,
+    wait_until_drained,
+)
+from orchestrator.apps.announcements.handlers import (
     AiHandler,
     InvestorHandler,
     LazyStore,
     UploadHandler,
 )
-from orchestrator.announcements.settings import DatabaseSettings
-from orchestrator.announcements.store import open_store
+from orchestrator.apps.announcements.pipeline_settings import DatabaseSettings
+from orchestrator.apps.announcements.store import open_store
 from orchestrator.config import Config, load_config
-from orchestrator.demo import SpawnerProcess, derive_config, load_samples, wait_until_drained
 from orchestrator.embedded import EmbeddedRedis
 from orchestrator.queues import enqueue_jobs, ensure_group
 from orchestrator.worker import Job

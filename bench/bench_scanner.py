@@ -55,13 +55,13 @@ import psutil
 import redis
 
 from bench.harness import ROOT, Spawner, wait_for
+from orchestrator.apps.scanner.consumer import scanner_client
+from orchestrator.apps.scanner.detection import PatternEngine
+from orchestrator.apps.scanner.metrics_report import read_scanners
+from orchestrator.apps.scanner.patterns import alert_fields
+from orchestrator.apps.scanner.scanner_settings import PatternSettings
 from orchestrator.embedded import EmbeddedRedis
 from orchestrator.procs import tree_rss_bytes
-from orchestrator.scanner.connection import connect
-from orchestrator.scanner.engine import PatternEngine
-from orchestrator.scanner.patterns import alert_fields
-from orchestrator.scanner.settings import PatternSettings
-from orchestrator.status import read_scanners
 
 TICKS = 300_000
 LONG_TICKS = 3_000_000
@@ -158,7 +158,7 @@ def bare_loop(url: str, stream: str) -> None:
     Read the way the scanner reads (raw replies, commands packed in C), so the
     limit is what a consumer can do, not what redis-py's reply parsing allows.
     """
-    r = connect(url)
+    r = scanner_client(url)
     r.set_response_callback("XREADGROUP", lambda reply, **_: reply)
     while True:
         reply: Any = r.xreadgroup(GROUP, "bare", {stream: ">"}, count=CHUNK, block=3000)

@@ -10,7 +10,7 @@ clock runs from the first ``submit`` to the last result. Compared with:
   process), per tick (what ships) and vectorised (``VectorisedEngine``
   below: numpy over each symbol's ticks of a batch, bit-identical results,
   asserted here). The vectorised one lost on every shape measured, so it
-  lives here, not in ``orchestrator.scanner``.
+  lives here, not in ``orchestrator.apps.scanner``.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from orchestrator.apps.scanner.detection import AlertRow, Outcome, PatternEngine
+from orchestrator.apps.scanner.frames import Entry, Row, split_entries
+from orchestrator.apps.scanner.rolling import MIN_STD_FRACTION, SymbolState, Windows
+from orchestrator.apps.scanner.scanner_pool import ScannerPool
+from orchestrator.apps.scanner.scanner_settings import PatternSettings, parse_scanner_settings
 from orchestrator.procs import tree_rss_bytes
-from orchestrator.scanner.engine import AlertRow, Outcome, PatternEngine
-from orchestrator.scanner.frames import Entry, Row, split_entries
-from orchestrator.scanner.indicators import MIN_STD_FRACTION, SymbolState, Windows
-from orchestrator.scanner.pool import ScannerPool
-from orchestrator.scanner.settings import PatternSettings, parse_scanner_settings
 from orchestrator.validate import Problems, Section
 
 TICKS = 300_000

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import click
 import redis
 
-from orchestrator import codec, deadletters, status
+from orchestrator import codec, deadletters, plugins, status
 from orchestrator.config import (
     EMBEDDED,
     Backend,
@@ -85,7 +85,29 @@ def queue_of(config: Config, name: str) -> QueueConfig:
         raise click.BadParameter(str(exc.args[0]), param_hint="QUEUE") from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class CommandLine(click.Group):
+    """The core's commands, joined by the apps' (``orchestrator.plugins``)
+    the first time a command is looked up."""
+
+    apps_added = False
+
+    def _add_apps(self) -> None:
+        if not self.apps_added:
+            self.apps_added = True
+            for app in plugins.apps():
+                for command in app.commands():
+                    self.add_command(command)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._add_apps()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._add_apps()
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=CommandLine, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Redis-driven process orchestrator: queue-depth scaling of short-lived workers."""
 
@@ -125,14 +147,16 @@ def status_command(config_path: str, as_json: bool) -> None:
     client = client_for(config)
     with redis_errors():
         hosts = status.read_status(client)
-        scanners = status.read_scanners(client)
+        figures = {f.key: (f, f.read(client)) for f in plugins.status_figures()}
     if as_json:
-        out = {"alive": bool(hosts), "hosts": [asdict(h) for h in hosts], "scanners": scanners}
+        out = {"alive": bool(hosts), "hosts": [asdict(h) for h in hosts]}
+        out.update({key: rows for key, (_, rows) in figures.items()})
         click.echo(json.dumps(out, indent=2))
     elif hosts:
         click.echo(status.format_table(hosts, time.time()))
-        for metrics in scanners:
-            click.echo(f"  scanner {status.scanner_line(metrics)}")
+        for shown, rows in figures.values():
+            for row in rows:
+                click.echo(f"  {shown.line(row)}")
     if not hosts:
         click.echo("No spawner is alive: no host heartbeat in Redis (orch:hosts).", err=True)
         sys.exit(EXIT_FAILURE)
@@ -173,7 +197,7 @@ def enqueue(config_path: str, queue: str, job: str) -> None:
 @config_option
 def streams(config_path: str) -> None:
     """Consumer-group health: pending per consumer, idle, lag, dead consumers."""
-    from orchestrator.health import inspect_all
+    from orchestrator.streamhealth import inspect_all
 
     config = load(config_path)
     with redis_errors():
@@ -186,7 +210,7 @@ def streams(config_path: str) -> None:
 @click.option("--dry-run", is_flag=True, help="Report what would be recovered; change nothing.")
 def reap(config_path: str, dry_run: bool) -> None:
     """Recover entries held by dead consumers, then remove those consumers."""
-    from orchestrator.health import reap_once
+    from orchestrator.streamhealth import reap_once
 
     config = load(config_path)
     with redis_errors():
@@ -200,46 +224,6 @@ def reap(config_path: str, dry_run: bool) -> None:
         )
     if not results:
         click.echo("no dead consumers")
-
-
-@cli.command(name="scan-discovery")
-@config_option
-@click.option("--state", default="{}", show_default=True, help="The scanners' state (JSON object).")
-def scan_discovery(config_path: str, state: str) -> None:
-    """Run the discovery scanners once; candidates to stdout as JSON lines.
-
-    Exit 1 if a scanner failed or timed out (the others' candidates are printed).
-    """
-    from orchestrator.scanner.discovery import Status, run_discovery
-
-    config = load(config_path)
-    setup_logging(config.log)
-    try:
-        initial = json.loads(state)
-    except ValueError:
-        initial = None
-    if not isinstance(initial, dict):
-        raise click.BadParameter("must be a JSON object", param_hint="--state")
-    sys.path.insert(0, str(config.root))  # scanner modules may live in the repo
-    try:
-        result = run_discovery(config.sections["scanner"].discovery, initial)
-    except ConfigError as exc:  # a target that cannot be imported
-        for line in exc.problems:
-            click.echo(line, err=True)
-        sys.exit(EXIT_USAGE)
-    for candidate in result.candidates:
-        click.echo(json.dumps(candidate, default=str, ensure_ascii=False))
-    if any(o.status is not Status.OK for o in result.outcomes):
-        sys.exit(EXIT_FAILURE)
-
-
-@cli.command()
-@config_option
-def demo(config_path: str) -> None:
-    """The demo pipeline end to end (what 'make run' runs)."""
-    from orchestrator.demo import run_demo
-
-    sys.exit(run_demo(config_path))
 
 
 @cli.group()
@@ -297,133 +281,6 @@ def dlq_purge(config_path: str, queue: str, ids: tuple[str, ...], yes: bool) -> 
     with redis_errors():
         n = deadletters.purge_dead(client_for(config), q, list(ids) or None)
     click.echo(f"deleted {n} dead letter(s)")
-
-
-@cli.group()
-def batch() -> None:
-    """Batch scans: submit one, follow its progress (README: Batch engine)."""
-
-
-@batch.command(name="submit")
-@config_option
-@click.option("--symbols", multiple=True, help="Symbols, comma-separated; may repeat.")
-@click.option(
-    "--universe",
-    type=click.Path(exists=True, dir_okay=False),
-    help="A file of symbols (spaces, commas or lines; '#' comments).",
-)
-@click.option("--timeframe", required=True, help="e.g. 1d, 1h, 5m: a folder of the data root.")
-@click.option("--from", "start", metavar="YYYY-MM-DD", help="First day matches count.")
-@click.option("--to", "end", metavar="YYYY-MM-DD", help="Last day (indicators use all before).")
-@click.option("--formula", required=True, help="e.g. 'rsi(14) < limit and close > sma(200)'.")
-@click.option("--param", "params", multiple=True, metavar="NAME=NUMBER", help="May repeat.")
-@click.option("--timeout", type=click.FloatRange(min=0.01), help="Seconds per symbol.")
-@click.option("--memory-mb", type=click.FloatRange(min=16), help="RSS cap per symbol.")
-@click.option("--last-bar-only", is_flag=True, help="Report a match on the last bar only.")
-@click.option(
-    "--shard-size",
-    type=click.IntRange(min=0),
-    help="Symbols per shard, shared out to batch workers (default batch.shard_size; 0: one).",
-)
-@click.option("--id", "batch_id", help="The batch id (default: generated).")
-@click.option("--queue", default="batch_jobs", show_default=True)
-def batch_submit(
-    config_path: str,
-    symbols: tuple[str, ...],
-    universe: str | None,
-    timeframe: str,
-    start: str | None,
-    end: str | None,
-    formula: str,
-    params: tuple[str, ...],
-    timeout: float | None,
-    memory_mb: float | None,
-    last_bar_only: bool,
-    shard_size: int | None,
-    batch_id: str | None,
-    queue: str,
-) -> None:
-    """Queue a batch scan; prints its id (details on stderr)."""
-    from pathlib import Path
-
-    from orchestrator.batch.request import BatchRejected, new_batch_id
-    from orchestrator.batch.submit import BatchExists, build_payload, prepare, submit
-
-    config = load(config_path)
-    q = queue_of(config, queue)
-    settings = config.sections["batch"].resolve(config.root)
-    try:
-        payload = build_payload(
-            symbols=symbols, universe=universe, timeframe=timeframe, formula=formula,
-            params=params, start=start, end=end, timeout_s=timeout, memory_mb=memory_mb,
-            last_bar_only=last_bar_only,
-        )  # fmt: skip
-        request = prepare(payload, settings, Path.cwd(), batch_id or new_batch_id())
-        size = settings.shard_size if shard_size is None else shard_size
-        with redis_errors():
-            done = submit(client_for(config), q, request, size, settings.keep_s)
-    except (BatchRejected, BatchExists) as exc:
-        raise click.UsageError(str(exc)) from None
-    click.echo(done.batch_id)
-    click.echo(
-        f"queued {done.symbols} symbol(s) in {done.shards} shard(s) on {done.stream}; "
-        f"follow it: orchestrator batch status {done.batch_id}",
-        err=True,
-    )
-
-
-@batch.command(name="status")
-@config_option
-@click.argument("batch_id")
-@click.option("--once", is_flag=True, help="Print one reading and exit.")
-@click.option("--json", "as_json", is_flag=True, help="Print one reading as JSON and exit.")
-@click.option("--interval", type=click.FloatRange(min=0.1), default=0.5, show_default=True)
-def batch_status(
-    config_path: str, batch_id: str, once: bool, as_json: bool, interval: float
-) -> None:
-    """A live progress bar (rate, ETA) until the batch ends; Ctrl-C stops watching.
-
-    Exit 1 when the batch is unknown, failed, or stalled (a shard in the dead letters).
-    """
-    from orchestrator import keys
-    from orchestrator.batch.status import follow, format_details, format_line
-
-    config = load(config_path)
-    client = client_for(config)
-    live = sys.stdout.isatty() and not (once or as_json)
-    last, shown = None, ""
-    try:
-        with redis_errors():
-            for reading in follow(client, batch_id, 0 if once or as_json else interval):
-                last = reading
-                if reading is None or as_json:
-                    break
-                line = format_line(reading, time.time())
-                if live:
-                    click.echo(f"\r{line}\x1b[K", nl=False)
-                elif line != shown:
-                    click.echo(line)
-                shown = line
-                if once:
-                    break
-    except KeyboardInterrupt:
-        click.echo("" if live else "stopped watching")
-        sys.exit(EXIT_OK)
-    if live:
-        click.echo()
-    if last is None:
-        click.echo(
-            f"unknown batch id {batch_id!r}: no {keys.batch(batch_id)} in Redis "
-            "(never submitted, or expired after batch.keep)",
-            err=True,
-        )
-        sys.exit(EXIT_FAILURE)
-    if as_json:
-        click.echo(json.dumps(last.to_json(time.time()), indent=2))
-    else:
-        for detail in format_details(last):
-            click.echo(detail)
-    sys.exit(EXIT_FAILURE if last.state == "failed" or last.stalled else EXIT_OK)
 
 
 def main() -> None:

@@ -7,10 +7,15 @@ UTF-8 becomes a ``str`` whose invalid bytes are lone surrogates
 bytes. hiredis packs commands with strict UTF-8, so a value that may carry
 such surrogates must go back to Redis through ``to_bytes``. ``printable``
 is for people: invalid bytes shown as ``\\xff``.
+
+A job is the field ``payload`` holding a JSON object (SPEC.md):
+``encode_payload`` writes it (compact), ``decode_payload`` reads it back or
+says why it cannot be a job.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +28,11 @@ def text(value: Any) -> str:
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value).decode(ENCODING, ERRORS)
     return str(value)
+
+
+def decoded(value: Any) -> Any:
+    """Bytes decoded as ``text`` does; any other value as it is."""
+    return text(value) if isinstance(value, bytes | bytearray | memoryview) else value
 
 
 def to_bytes(value: str | bytes) -> bytes:
@@ -48,3 +58,26 @@ def printable(value: str | bytes) -> str:
 def _escape(ch: str) -> str:
     code = ord(ch)
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+PAYLOAD = "payload"
+
+
+def encode_payload(job: Mapping[str, Any]) -> str:
+    """A job as the ``payload`` field: compact JSON."""
+    return json.dumps(job, separators=(",", ":"))
+
+
+class BadPayload(ValueError):
+    """A ``payload`` that is not a JSON object: the job can never run."""
+
+
+def decode_payload(raw: str | bytes) -> dict[str, Any]:
+    """The job a ``payload`` field holds; ``BadPayload`` says why not."""
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise BadPayload(f"invalid JSON payload: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadPayload(f"payload must be a JSON object, got {type(data).__name__}")
+    return data

@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from orchestrator import plugins
+from orchestrator.logs import LogConfig, LogFormat
 from orchestrator.validate import ConfigError, Problems, Section
 
 DEFAULT_CONFIG_PATH = Path("config/workers.yaml")
@@ -48,11 +50,6 @@ class Backend(StrEnum):
     RQ = "rq"
 
 
-class LogFormat(StrEnum):
-    PLAIN = "plain"
-    JSON = "json"
-
-
 @dataclass(frozen=True, slots=True)
 class SpawnerConfig:
     poll_interval_s: float = 1.0
@@ -66,13 +63,6 @@ class SpawnerConfig:
     crash_backoff_max_s: float = 300.0
     fork_server: bool = True
     preload: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class LogConfig:
-    format: LogFormat = LogFormat.PLAIN
-    emoji: bool = True
-    level: str = "INFO"
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,11 +340,9 @@ def _parse_program(s: Section, root: Path) -> tuple[str, ...]:
 
 
 def _parse_sections(top: Section) -> dict[str, Any]:
-    """Settings of the shipped worker programs, each validated by its owner."""
-    from orchestrator import sections
-
+    """Settings of the apps (``orchestrator.plugins``), each validated by its owner."""
     parsed: dict[str, Any] = {}
-    for name, parse in sections.PARSERS.items():
+    for name, parse in plugins.section_parsers().items():
         if top.has(name):
             parsed[name] = parse(top.child(name))
         else:

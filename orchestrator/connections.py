@@ -1,21 +1,26 @@
 """Redis connections, and riding out a Redis outage.
 
-The spawner must never crash because Redis went away: ``RedisHealth``
-remembers whether the last call worked, logs once per change of state
-(down, back up after N seconds), and spaces out retries with exponential
-backoff while the spawner goes on watching its workers.
+``connect`` is the one way the project builds a Redis client, so every
+client skips the same start-up cost and decodes bytes the same way
+(``codec``). The spawner must never crash because Redis went away:
+``RedisHealth`` remembers whether the last call worked, logs once per
+change of state (down, back up after N seconds), and spaces out retries
+with exponential backoff while the spawner goes on watching its workers.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import hiredis
 import redis
 from redis.backoff import NoBackoff
+from redis.connection import HiredisRespSerializer
 from redis.retry import Retry
 
+from orchestrator import codec
 from orchestrator.logs import Events
-from orchestrator.worker import QUICK_CONNECT
 
 REDIS_ERRORS: tuple[type[BaseException], ...] = (
     redis.ConnectionError,
@@ -25,16 +30,80 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def connect(url: str, *, timeout_s: float = 5.0, name: str | None = None) -> redis.Redis:
-    """A client that fails fast: callers own retries and backoff."""
+def _quick_connect() -> dict[str, Any]:
+    """Client options that skip CLIENT SETINFO: redis-py sends it on every
+    connect, reading its own version from package metadata each time, which
+    costs a worker that must start fast a few milliseconds."""
+    try:
+        from redis.driver_info import DriverInfo  # redis-py >= 7
+    except ImportError:
+        return {"lib_name": None, "lib_version": None}
+    return {"driver_info": DriverInfo(name=None, lib_version=None)}
+
+
+QUICK_CONNECT = _quick_connect()
+
+
+class CPacker:
+    """``pack(*args)`` for redis-py connections, in one C call.
+
+    redis-py converts each command's arguments in a Python loop before
+    handing them to hiredis; for an XACK of a couple of thousand ids that
+    loop costs more than the command. This hands the arguments to
+    ``hiredis.pack_command`` as they are, and leaves what it cannot pack (a
+    command name with a space, such as ``XINFO GROUPS``; memoryviews) to
+    redis-py's own packer.
+    """
+
+    def __init__(self) -> None:
+        self._fallback = HiredisRespSerializer()
+
+    def pack(self, *args: Any) -> list[bytes]:
+        name = args[0]
+        if isinstance(name, str) and " " not in name:
+            try:
+                return [hiredis.pack_command(args)]
+            except TypeError:
+                pass  # e.g. a memoryview: redis-py converts it
+        packed: list[bytes] = self._fallback.pack(*args)
+        return packed
+
+
+def connect(
+    url: str,
+    *,
+    timeout_s: float | None = 5.0,
+    connect_timeout_s: float = 2.0,
+    name: str | None = None,
+    decode: bool = False,
+    single_connection: bool = False,
+    fail_fast: bool = True,
+    c_packer: bool = False,
+) -> redis.Redis:
+    """A Redis client.
+
+    ``fail_fast``: no retry inside redis-py (the caller owns retries and
+    backoff, as the spawner does); else redis-py's default retries.
+    ``decode``: replies as ``str``, decoded losslessly (``codec``).
+    ``single_connection``: one connection for every command, so ``CLIENT
+    UNBLOCK`` of its id reaches the blocking read. ``c_packer``: commands
+    packed in C (``CPacker``), for clients that send many arguments.
+    """
+    options: dict[str, Any] = dict(QUICK_CONNECT)
+    if fail_fast:
+        options["retry"] = Retry(NoBackoff(), 0)
+    if decode:
+        options.update(decode_responses=True, encoding_errors=codec.ERRORS)
+    if c_packer:
+        options["command_packer"] = CPacker()
     return redis.Redis.from_url(
         url,
         socket_timeout=timeout_s,
-        socket_connect_timeout=min(timeout_s, 2.0),
-        retry=Retry(NoBackoff(), 0),
+        socket_connect_timeout=connect_timeout_s,
         client_name=name,
         health_check_interval=0,
-        **QUICK_CONNECT,
+        single_connection_client=single_connection,
+        **options,
     )
 
 

@@ -9,16 +9,35 @@ both lost and never twice on the queue.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from orchestrator import codec
-from orchestrator.config import QueueConfig
+
+if TYPE_CHECKING:
+    from orchestrator.config import QueueConfig
 
 DEAD_LETTER_FIELDS = ("error", "attempts", "failed_at", "original_id")
+
+
+def dead_letter_fields(
+    fields: Mapping[str, str | bytes], error: str, attempts: int, entry_id: str
+) -> dict[bytes, bytes]:
+    """A dead letter: the entry's fields byte for byte, plus why (SPEC.md).
+    (``lua/park.lua`` builds the same record inside Redis.)"""
+    return codec.fields_to_bytes(
+        {
+            **fields,
+            "error": error,
+            "attempts": str(attempts),
+            "failed_at": f"{time.time():.3f}",
+            "original_id": entry_id,
+        }
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import redis
 
+from orchestrator.connections import connect
+
 
 class EmbeddedRedisError(RuntimeError):
     pass
@@ -111,7 +113,7 @@ class EmbeddedRedis:
 
     def _wait_ready(self) -> None:
         assert self._proc is not None
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = connect(self.url, timeout_s=0.5, connect_timeout_s=0.2)
         deadline = time.monotonic() + self.startup_timeout_s
         try:
             while time.monotonic() < deadline:

@@ -2,25 +2,25 @@
 
 A ``Worker`` is one process the spawner started (or, after a restart,
 adopted: a worker of this host still alive from the previous spawner). Its
-*lease* (``orch:leases:<host>``) is the same record in Redis, so a restarted
-spawner knows which pids were its workers.
+*lease* (``leases``) is the same record in Redis, so a restarted spawner
+knows which pids were its workers.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 import psutil
 
 from orchestrator import procs
+from orchestrator.leases import Lease
 from orchestrator.procs import ExitStatus
 
 
@@ -30,33 +30,6 @@ class StopReason(StrEnum):
     SHUTDOWN = "shutdown"
     OPERATOR = "operator"
     YIELD = "yield"  # its slot goes to a queue that has none: it finishes its job, then exits
-
-
-@dataclass(frozen=True, slots=True)
-class Lease:
-    worker_id: str
-    queue: str
-    consumer: str
-    pid: int
-    started_at: float  # epoch seconds
-    deadline: float  # epoch seconds: started_at + max_runtime
-    create_time: float  # psutil's process start time, guards against pid reuse
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> Lease:
-        return cls(**json.loads(text))
-
-    def process_alive(self) -> bool:
-        """True if the leased pid still runs the same process."""
-        try:
-            proc = psutil.Process(self.pid)
-            same = abs(proc.create_time() - self.create_time) < 0.5
-            return same and proc.status() != psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return False
 
 
 @dataclass
@@ -182,52 +155,3 @@ class Fleet:
             worker_id = f"{base}_{n}"
         self._issued[worker_id] = now
         return worker_id
-
-
-def stop_text(
-    worker: Worker, reason: StopReason, max_runtime_s: float, max_memory_mb: int | None
-) -> str:
-    """Why the spawner stopped a worker, for log lines and dead letters."""
-    if reason is StopReason.MAX_RUNTIME:
-        return f"max_runtime {max_runtime_s:g}s exceeded"
-    if reason is StopReason.MEMORY:
-        rss_mb = procs.tree_rss_bytes(worker.pid) / 2**20
-        return f"memory {rss_mb:.0f} MB > max_memory_mb {max_memory_mb}"
-    return reason.value
-
-
-def death_reason(worker: Worker, status: ExitStatus, stopped_because: str) -> str:
-    """The ``error`` of entries dead-lettered because this worker died."""
-    if worker.stop_reason in (StopReason.MAX_RUNTIME, StopReason.MEMORY):
-        return f"worker stopped: {stopped_because}"
-    if status.signal is not None:
-        return f"worker died: signal {status.signal}"
-    if status.code is None:
-        return "worker lost"
-    return f"worker exited: code {status.code}"
-
-
-def exit_text(
-    worker: Worker, status: ExitStatus, label: str, runtime_s: float, leftovers: int, total: int
-) -> tuple[str, str]:
-    """The pictograph and line for a worker's exit."""
-    if status.signal is not None:
-        how = f"killed by {status.describe()}"
-    elif status.code is None:
-        how = "gone"
-    else:
-        how = f"exited with {status.describe()}"
-    why = f", stopped for {worker.stop_reason.value}" if worker.stop_reason else ""
-    extra = f", killed {leftovers} leftover process(es)" if leftovers else ""
-    text = f"Worker {worker.worker_id} for {label} {how} after {runtime_s:.1f}s{why}{extra} "
-    return exit_icon(status), text + f"(Total: {total})"
-
-
-def exit_icon(status: ExitStatus) -> str:
-    """🏁 exited 0 (or gone, for an adopted worker), ⏳ exited 75 (a dependency
-    is down), 💀 any other code or a signal: the README's legend."""
-    if status.code == 75:
-        return "⏳"
-    if status.ok or (status.code is None and status.signal is None):
-        return "🏁"
-    return "💀"

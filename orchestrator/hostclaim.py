@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import psutil
 import redis
 
-from orchestrator import keys
+from orchestrator import codec, keys
 from orchestrator.queues import load_lua
 
 
@@ -127,7 +127,7 @@ class HostClaim:
         if raw is None:
             self.claimed = False
             return None
-        text = raw.decode() if isinstance(raw, bytes) else raw
+        text = codec.text(raw)
         if text == self.record:
             return None
         return HostRecord.from_json(text) or HostRecord("?", "", 0, 0.0, "?")

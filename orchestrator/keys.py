@@ -15,9 +15,10 @@ key                             type    contents
 ``orch:worker:<consumer>``      string  JSON heartbeat of a running worker (TTL'd)
 ``orch:inhand:<consumer>``      string  ids a worker is handling now (suspect entries)
 ``orch:done:<consumer>``        string  set once the worker completed a job (crash-loop rule)
-``orch:scanner:<consumer>``     string  JSON metrics a scanner worker publishes
-``orch:batch:<id>``             hash    a batch job's progress and result location
 ==============================  ======  ===============================================
+
+Apps keep their own keys under the same prefix, in their own modules
+(``orch:scanner:<consumer>``, ``orch:batch:<id>``).
 
 Queue data itself stays where producers put it: a stream queue is the stream
 named in the config (consumer group ``workers`` by default), its dead letters
@@ -56,14 +57,6 @@ def in_hand(consumer: str) -> str:
 
 def worker_done(consumer: str) -> str:
     return f"{PREFIX}done:{consumer}"
-
-
-def scanner_metrics(consumer: str) -> str:
-    return f"{PREFIX}scanner:{consumer}"
-
-
-def batch(batch_id: str) -> str:
-    return f"{PREFIX}batch:{batch_id}"
 
 
 def dead_stream(stream: str) -> str:

@@ -4,7 +4,7 @@
 (``zygote``) when there is one, else execs the program. As child subreaper
 (``orchestrator run``), the spawner inherits what its workers leave behind;
 ``reap_strays`` kills and reaps those orphans so no process outlives its
-worker. ``worker_env`` is the environment of SPEC.md.
+worker. The environment each worker starts with is ``orchestrator.worker.workerenv``'s.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Collection, Sequence
 import psutil
 
 from orchestrator import procs, zygote
-from orchestrator.config import Config, QueueConfig
+from orchestrator.config import QueueConfig
 from orchestrator.logs import Events
 
 
@@ -118,33 +118,3 @@ class Launcher:
         if self.zygote is not None:
             self.zygote.close()
             self.zygote = None
-
-
-def worker_env(
-    config: Config, queue: QueueConfig, worker_id: str, consumer: str, deadline: float
-) -> dict[str, str]:
-    """The environment a worker starts with (SPEC.md), over our own."""
-    then = config.queues.get(queue.then) if queue.then else None
-    env = dict(os.environ)
-    env.update(queue.env)
-    env.update(
-        {
-            "ORCH_QUEUE": queue.name,
-            "ORCH_WORKER_ID": worker_id,
-            "ORCH_REDIS_URL": config.redis_url,
-            "ORCH_STREAM": queue.stream,
-            "ORCH_GROUP": queue.group,
-            "ORCH_CONSUMER": consumer,
-            "ORCH_DEADLINE": f"{deadline:.3f}",
-            "ORCH_IDLE_TIMEOUT": f"{queue.idle_timeout_s:g}",
-            "ORCH_MAX_ATTEMPTS": str(queue.max_attempts),
-            "ORCH_THEN": then.stream if then else "",
-            "ORCH_BATCH_SIZE": str(queue.batch_size),
-            "ORCH_HOST": config.spawner.host,
-            "ORCH_SPAWNER_PID": str(os.getpid()),
-            "ORCH_CONFIG": str(config.path or ""),
-            "ORCH_RQ_SERIALIZER": queue.serializer,
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    return env

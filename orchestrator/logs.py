@@ -11,17 +11,29 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TextIO
 
 from loguru import logger
-
-from orchestrator.config import LogConfig, LogFormat
 
 if TYPE_CHECKING:
     from loguru import Message
 
 PLAIN_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {message}"
+
+
+class LogFormat(StrEnum):
+    PLAIN = "plain"
+    JSON = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    format: LogFormat = LogFormat.PLAIN
+    emoji: bool = True
+    level: str = "INFO"
 
 
 def setup_logging(config: LogConfig, stream: TextIO | None = None) -> None:

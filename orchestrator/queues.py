@@ -14,6 +14,7 @@ consumes nothing.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -21,16 +22,18 @@ from typing import Any
 
 import redis
 
-from orchestrator import keys
+from orchestrator import codec, keys
 from orchestrator.config import Backend, QueueConfig
+from orchestrator.status import HostStatus, publish
 
 # Counting undelivered entries by XRANGE (Redis < 7, or lag unknown) stops
 # here: enough to size any queue's workers, cheap enough for every tick.
 LAG_COUNT_CAP = 10_000
 
 
-def load_lua(name: str) -> str:
-    return resources.files("orchestrator").joinpath("lua", name).read_text()
+def load_lua(name: str, package: str = "orchestrator") -> str:
+    """The text of ``<package>/lua/<name>`` (the core's scripts by default)."""
+    return resources.files(package).joinpath("lua", name).read_text()
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +124,44 @@ def _depth(name: str, r: Mapping[str, Any]) -> QueueDepth:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class TickReading:
+    depths: dict[str, QueueDepth]
+    live_hosts: set[str]
+    holder: Any  # who holds our host name (``orch:host:<host>``), as stored
+
+
+class TickProbe:
+    """A spawner tick's one round trip: every queue's depth (one Lua call),
+    the live hosts, the record of who holds this host's name, and this
+    host's heartbeat and status snapshot published."""
+
+    def __init__(self, client: redis.Redis, host: str, queues: Iterable[QueueConfig]) -> None:
+        self.client = client
+        self.host = host
+        self.depth = DepthProbe(queues)
+
+    def read(self, snapshot: HostStatus, ttl_s: float) -> TickReading:
+        if self.depth.sha is None:
+            self.depth.load(self.client)
+        try:
+            reply, hosts, holder = self._execute(snapshot, ttl_s)
+        except redis.exceptions.NoScriptError:  # Redis restarted: scripts are gone
+            self.depth.load(self.client)
+            reply, hosts, holder = self._execute(snapshot, ttl_s)
+        depths = self.depth.parse(reply) if self.depth.queues else {}
+        return TickReading(depths, {_text(h) for h in hosts}, holder)
+
+    def _execute(self, snapshot: HostStatus, ttl_s: float) -> tuple[Any, list[Any], Any]:
+        pipe = self.client.pipeline(transaction=False)
+        self.depth.queue_on(pipe)
+        pipe.zrangebyscore(keys.HOSTS, time.time(), "+inf")
+        pipe.get(keys.host(self.host))
+        publish(pipe, snapshot, ttl_s)
+        reply, hosts, holder, *_ = pipe.execute()
+        return reply, hosts, holder
+
+
 class StreamWatch:
     """An outstanding ``XREAD BLOCK`` whose socket the spawner selects on.
 
@@ -170,6 +211,18 @@ class StreamWatch:
     def ready(self) -> bool:
         return self.conn is not None and self.armed is not None and self.conn.can_read(0)
 
+    def fired(self) -> bool:
+        """Has the outstanding XREAD returned? Its reply is then read; a
+        Redis error drops the connection (the next arm reconnects) and rises."""
+        try:
+            if not self.ready():
+                return False
+            self.collect()
+            return True
+        except Exception:
+            self.reset()
+            raise
+
     def collect(self) -> list[str]:
         """Read the finished XREAD; the streams that have new entries."""
         assert self.conn is not None
@@ -188,8 +241,7 @@ class StreamWatch:
         self.armed = None
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+_text = codec.text
 
 
 def ensure_group(client: redis.Redis, queue: QueueConfig) -> None:
@@ -210,5 +262,5 @@ def enqueue_jobs(
     ensure_group(client, queue)
     pipe = client.pipeline(transaction=False)
     for job in jobs:
-        pipe.xadd(queue.stream, {"payload": json.dumps(job, separators=(",", ":"))})
+        pipe.xadd(queue.stream, {codec.PAYLOAD: codec.encode_payload(job)})
     return [_text(i) for i in pipe.execute()]

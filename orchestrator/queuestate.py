@@ -70,9 +70,26 @@ class QueueState:
         """Entries pending on ``worker`` at the last probe."""
         return self.depth.pending_by_consumer.get(worker.lease.consumer, 0) if self.depth else 0
 
-    def record_exit(self, now: float, verdict: scaling.ExitVerdict, max_s: float) -> None:
+    def judge(
+        self, facts: scaling.ExitFacts, now: float, window_s: float, backoff_max_s: float
+    ) -> tuple[scaling.ExitVerdict, scaling.Backoff]:
+        """Record a worker's exit (for ``cooldown``) and apply the crash-loop
+        rule to it; the verdict, and the backoff as it was before."""
+        verdict = scaling.exit_verdict(facts, window_s)
+        was = self.backoff
         self.exits.append(now)
-        self.backoff = self.backoff.after_exit(verdict, now, max_s=max_s)
+        self.backoff = self.backoff.after_exit(verdict, now, max_s=backoff_max_s)
+        return verdict, was
+
+    def gave_up_early(
+        self, workers: Sequence[Worker], runtime_s: float, now: float, window_s: float
+    ) -> bool:
+        """A clean exit sooner than the worker could have been idle for
+        ``idle_timeout``, while work waits: a script that exits 0 at once
+        must not be respawned in a tight loop."""
+        if runtime_s >= min(self.config.idle_timeout_s, window_s):
+            return False
+        return self.facts(workers, now).backlog > 0
 
     def due(self, now: float) -> list[float]:
         """When backoff or a cooling slot ends: a tick may then spawn."""

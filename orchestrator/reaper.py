@@ -30,7 +30,7 @@ from typing import Any
 
 import redis
 
-from orchestrator import keys
+from orchestrator import codec, keys
 from orchestrator.config import Backend, Config, QueueConfig
 from orchestrator.queues import load_lua
 
@@ -155,7 +155,9 @@ class Reaper:
         for queue, rows in zip(queues, pipe.execute(raise_on_error=False), strict=True):
             if isinstance(rows, redis.ResponseError):  # no stream or group yet: nothing to reap
                 continue
-            out.append((queue, [{_text(k): _value(v) for k, v in row.items()} for row in rows]))
+            out.append(
+                (queue, [{codec.text(k): codec.decoded(v) for k, v in row.items()} for row in rows])
+            )
         return out
 
 
@@ -165,11 +167,3 @@ def split_shares(parked: int, targets: Sequence[str]) -> dict[str, int]:
         return {}
     base, extra = divmod(parked, len(targets))
     return {t: base + (1 if i < extra else 0) for i, t in enumerate(targets)}
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _value(value: Any) -> Any:
-    return value.decode() if isinstance(value, bytes) else value

@@ -1,5 +1,8 @@
 """Giving a gone worker's work back, from the spawner's side.
 
+The spawner reaches the reaper only through ``Recovery``: parking a gone
+consumer's entries, handing parked ones to workers, the periodic sweep.
+
 A stream worker's pending entries are parked (see ``reaper``); an RQ
 worker's started jobs go through RQ's own abandoned-job logic (see
 ``rq_backend``). While Redis is unreachable the recoveries wait in a list
@@ -8,8 +11,9 @@ and are retried, in order, once it answers again: nothing is dropped.
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import redis
@@ -69,6 +73,22 @@ class Recovery:
                 consumer=consumer,
             )
             return None
+
+    def hand_out(
+        self, q: QueueConfig, shares: Mapping[str, int], wake: bool = False
+    ) -> dict[str, int]:
+        """Give parked entries to consumers, up to ``shares[c]`` each; how
+        many each got. ``wake``: they are live workers, perhaps blocked in a
+        read: ``CLIENT UNBLOCK`` them so they see their entries at once."""
+        if q.backend is not Backend.STREAM:
+            return {}
+        given = self.reaper.hand_out(q, shares)
+        if wake and given:
+            for raw in self.client.mget([keys.worker_heartbeat(c) for c in given]):
+                client_id = json.loads(raw).get("client_id") if raw else None
+                if isinstance(client_id, int):
+                    self.client.client_unblock(client_id)
+        return given
 
     def retry_deferred(self) -> None:
         """Run the recoveries an outage held back; stop at the first failure."""

@@ -35,7 +35,8 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.serializers import DefaultSerializer, JSONSerializer
 
-from orchestrator import procs
+from orchestrator import codec, procs
+from orchestrator.connections import connect
 
 REASON_META = "orch_error"
 
@@ -71,7 +72,7 @@ def recover_worker(
     ser = serializer_for(serializer)
     registry = StartedJobRegistry(queue_name, connection=client, serializer=ser)
     executions_key = f"rq:worker:{worker_name}:executions"
-    composites = [_text(c) for c in client.smembers(executions_key)]
+    composites = [codec.text(c) for c in client.smembers(executions_key)]
     mine = [c for c in composites if client.zscore(registry.key, c) is not None]
     for composite in mine:
         job_id = composite.rsplit(":", 1)[0]
@@ -104,15 +105,11 @@ def _forget_worker(client: redis.Redis, worker_name: str, queue_name: str) -> No
     pipe.execute()
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def main() -> int:
     """``python -m orchestrator.rq_backend``: one RQ worker, as the spawner set it up."""
     env = os.environ
     procs.die_with_parent()
-    client = redis.Redis.from_url(env["ORCH_REDIS_URL"])
+    client = connect(env["ORCH_REDIS_URL"], timeout_s=None, fail_fast=False)
     serializer = serializer_for(env.get("ORCH_RQ_SERIALIZER", "json"))
     queue = Queue(env["ORCH_QUEUE"], connection=client, serializer=serializer)
     OrchestratedWorker.max_attempts = int(env.get("ORCH_MAX_ATTEMPTS", "3"))

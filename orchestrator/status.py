@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis
 
-from orchestrator import keys
+from orchestrator import codec, keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +113,7 @@ def live_hosts(client: redis.Redis, now: float | None = None) -> dict[str, float
     """Hosts whose heartbeat has not expired, with their expiry."""
     now = time.time() if now is None else now
     rows: Any = client.zrangebyscore(keys.HOSTS, now, "+inf", withscores=True)
-    return {_text(h): float(score) for h, score in rows}
+    return {codec.text(h): float(score) for h, score in rows}
 
 
 def read_status(client: redis.Redis) -> list[HostStatus]:
@@ -123,10 +123,6 @@ def read_status(client: redis.Redis) -> list[HostStatus]:
         return []
     raw = client.mget([keys.status(h) for h in hosts])
     return [HostStatus.from_json(r) for r in raw if r]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def format_age(seconds: float | None) -> str:
@@ -163,21 +159,3 @@ def format_table(hosts: Sequence[HostStatus], now: float) -> str:
                 f"deadline in {w.deadline - now:.0f}s"
             )
     return "\n".join(lines)
-
-
-def read_scanners(client: redis.Redis) -> list[dict[str, Any]]:
-    """Metrics the running scanner workers publish (``orch:scanner:<consumer>``)."""
-    names = sorted(client.scan_iter(match=keys.scanner_metrics("*"), count=100))
-    raw: Any = client.mget(names) if names else []
-    return [json.loads(r) for r in raw if r]
-
-
-def scanner_line(m: Mapping[str, Any]) -> str:
-    """``scanner_1: 98,765 ticks/s, submitted 1,234, ...``: status and the scanner's log."""
-    lag = "-" if m.get("lag") is None else f"{m['lag']:,}"
-    return (
-        f"{m.get('worker_id', '?')}: {m.get('ticks_per_s', 0):,.0f} ticks/s, "
-        f"submitted {m.get('submitted', 0):,}, completed {m.get('completed', 0):,}, "
-        f"skipped_backlog {m.get('skipped_backlog', 0):,}, alerts {m.get('alerts', 0):,}, "
-        f"lag {lag}, in flight {m.get('batches_in_flight', 0)}/{m.get('backlog', 0)} batches"
-    )

@@ -61,7 +61,7 @@ def redis_url(redis_server: EmbeddedRedis) -> Iterator[str]:
 
 
 @pytest.fixture
-def r(redis_url: str) -> Iterator[redis.Redis]:
+def r(redis_url: str) -> Iterator[redis.Redis]:  # a TextRedis (tests.helpers)
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     yield client
     client.close()

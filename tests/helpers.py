@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
+
+# A client that decodes replies (the ``r`` fixture): its replies are str,
+# which redis-py's types cannot say (they are unions of every reply shape).
+TextRedis = Any
 
 
 class WaitTimeout(AssertionError):
@@ -14,7 +18,7 @@ class WaitTimeout(AssertionError):
 
 
 def wait_until(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | Literal[False] | None],
     timeout_s: float = 10.0,
     interval_s: float = 0.02,
     message: str | Callable[[], str] = "condition not met",
@@ -27,7 +31,7 @@ def wait_until(
     deadline = time.monotonic() + timeout_s
     while True:
         value = predicate()
-        if value:
+        if value:  # truthy: neither None nor False
             return value
         if time.monotonic() >= deadline:
             text = message() if callable(message) else message

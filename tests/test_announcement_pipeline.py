@@ -23,34 +23,33 @@ from typing import Any
 
 import psycopg
 import pytest
-import redis
 
-from orchestrator.announcements.errors import InvalidJob, NotStored
-from orchestrator.announcements.handlers import UPLOAD_DELAY_ENV
-from orchestrator.announcements.model import Category
-from orchestrator.announcements.offline import OfflineAnalyser
-from orchestrator.announcements.pipeline import (
+from orchestrator.apps.announcements.announcement import Category
+from orchestrator.apps.announcements.demo import load_samples
+from orchestrator.apps.announcements.errors import InvalidJob, NotStored
+from orchestrator.apps.announcements.handlers import UPLOAD_DELAY_ENV
+from orchestrator.apps.announcements.offline import OfflineAnalyser
+from orchestrator.apps.announcements.pipeline import (
     NotifyOutcome,
     analyse_job,
     notify_batch,
     upload_records,
 )
-from orchestrator.announcements.settings import (
+from orchestrator.apps.announcements.pipeline_settings import (
     AnalysisSettings,
     DatabaseSettings,
     Watchlist,
     database_with_env,
     parse_watchlists,
 )
-from orchestrator.announcements.store import Store, open_store
-from orchestrator.announcements.watchlists import notifications_for
+from orchestrator.apps.announcements.store import Store, open_store
+from orchestrator.apps.announcements.watchlists import notifications_for
 from orchestrator.config import ConfigError, load_config
-from orchestrator.demo import load_samples
 from orchestrator.embedded import free_port
 from orchestrator.procs import wait_gone
 from orchestrator.queues import DepthProbe
 from orchestrator.validate import Problems, Section
-from tests.helpers import wait_until
+from tests.helpers import TextRedis, wait_until
 from tests.spawn_harness import ROOT, SpawnerProc
 
 WATCHLISTS = {
@@ -95,18 +94,18 @@ def write_sections(sp: SpawnerProc, db_url: str, schema: str) -> None:
     )
 
 
-def enqueue(r: redis.Redis, stream: str, jobs: list[dict[str, Any]]) -> None:
+def enqueue(r: TextRedis, stream: str, jobs: list[dict[str, Any]]) -> None:
     for job in jobs:
         r.xadd(stream, {"payload": json.dumps(job)})
 
 
-def busy(r: redis.Redis, config_path: Path) -> dict[str, int]:
+def busy(r: TextRedis, config_path: Path) -> dict[str, int]:
     """Entries undelivered or pending per queue (only those with some)."""
     depths = DepthProbe(load_config(config_path).queues.values()).measure(r)
     return {n: d.undelivered + d.pending for n, d in depths.items() if d.undelivered + d.pending}
 
 
-def wait_drained(r: redis.Redis, sp: SpawnerProc, timeout_s: float = 30.0) -> None:
+def wait_drained(r: TextRedis, sp: SpawnerProc, timeout_s: float = 30.0) -> None:
     wait_until(
         lambda: not busy(r, sp.config_path),
         timeout_s,
@@ -115,7 +114,7 @@ def wait_drained(r: redis.Redis, sp: SpawnerProc, timeout_s: float = 30.0) -> No
     )
 
 
-def dead(r: redis.Redis, stream: str) -> dict[str, str]:
+def dead(r: TextRedis, stream: str) -> dict[str, str]:
     """Dead letters of ``stream``: job id -> error."""
     return {
         str(json.loads(fields["payload"]).get("id")): fields["error"]
@@ -130,7 +129,7 @@ def pg_store(pg_url: str, pg_schema: str) -> Iterator[Store]:
         yield store
 
 
-def upload_pids(sp: SpawnerProc, r: redis.Redis) -> list[int]:
+def upload_pids(sp: SpawnerProc, r: TextRedis) -> list[int]:
     """PIDs of upload workers holding pending entries now."""
     holders = {
         str(c["name"]).rpartition("/")[2]
@@ -141,7 +140,7 @@ def upload_pids(sp: SpawnerProc, r: redis.Redis) -> list[int]:
 
 
 def committed_unacked(
-    sp: SpawnerProc, r: redis.Redis, pg_url: str, schema: str
+    sp: SpawnerProc, r: TextRedis, pg_url: str, schema: str
 ) -> tuple[dict[str, Any], list[int]] | None:
     """Rows written while an upload worker still holds its batch: (rows, its pids)."""
     rows = updated_at(pg_url, schema)
@@ -157,7 +156,7 @@ def updated_at(pg_url: str, schema: str) -> dict[str, Any]:
 
 def test_every_announcement_lands_once_when_the_upload_worker_is_killed_mid_batch(
     redis_url: str,
-    r: redis.Redis,
+    r: TextRedis,
     spawner_factory: Any,
     pg_url: str,
     pg_schema: str,
@@ -198,7 +197,7 @@ def test_every_announcement_lands_once_when_the_upload_worker_is_killed_mid_batc
 
 
 def redeliver(
-    sp: SpawnerProc, r: redis.Redis, pg_url: str, schema: str, stored: list[dict[str, Any]]
+    sp: SpawnerProc, r: TextRedis, pg_url: str, schema: str, stored: list[dict[str, Any]]
 ) -> None:
     """Jobs again at each stage: rows update, notifications stay unique, bad records fail alone."""
     before = updated_at(pg_url, schema)
@@ -229,7 +228,7 @@ def load_watchlists() -> tuple[Watchlist, ...]:
 
 
 def test_database_down_acknowledges_nothing_and_writes_once_it_is_back(
-    redis_url: str, r: redis.Redis, spawner_factory: Any, pg_url: str, pg_schema: str
+    redis_url: str, r: TextRedis, spawner_factory: Any, pg_url: str, pg_schema: str
 ) -> None:
     closed = f"postgresql://postgres@127.0.0.1:{free_port()}/test"
     sp = spawner_factory(
@@ -256,7 +255,7 @@ def test_database_down_acknowledges_nothing_and_writes_once_it_is_back(
 
 
 def test_upload_worker_exits_75_and_acknowledges_nothing_when_the_database_is_down(
-    redis_url: str, r: redis.Redis, tmp_path: Path
+    redis_url: str, r: TextRedis, tmp_path: Path
 ) -> None:
     closed = f"postgresql://postgres@127.0.0.1:{free_port()}/test"
     config = tmp_path / "workers.yaml"

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from orchestrator.announcements.analysers import make_analyser
-from orchestrator.announcements.errors import AnalysisError
-from orchestrator.announcements.http_analyser import HttpAnalyser
-from orchestrator.announcements.model import Announcement, Category, FigureKind
-from orchestrator.announcements.settings import (
+from orchestrator.apps.announcements.analysers import make_analyser
+from orchestrator.apps.announcements.announcement import Announcement, Category, FigureKind
+from orchestrator.apps.announcements.errors import AnalysisError
+from orchestrator.apps.announcements.http_analyser import HttpAnalyser
+from orchestrator.apps.announcements.pipeline_settings import (
     AnalyserKind,
     AnalysisSettings,
     HttpAnalyserSettings,

@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 
-from orchestrator.announcements.categories import classify
-from orchestrator.announcements.errors import InvalidJob, TextExtractionError
-from orchestrator.announcements.figures import extract_figures
-from orchestrator.announcements.model import Category, FigureKind, KeyFigure
-from orchestrator.announcements.offline import OfflineAnalyser
-from orchestrator.announcements.payloads import parse_job
-from orchestrator.announcements.pdftext import announcement_text
-from orchestrator.announcements.sentiment import sentiment_score
-from orchestrator.announcements.summary import body_text, sentences, shorten, summarise
+from orchestrator.apps.announcements.announcement import Category, FigureKind, KeyFigure
+from orchestrator.apps.announcements.categories import classify
+from orchestrator.apps.announcements.errors import InvalidJob, TextExtractionError
+from orchestrator.apps.announcements.figures import extract_figures
+from orchestrator.apps.announcements.offline import OfflineAnalyser
+from orchestrator.apps.announcements.payloads import parse_job
+from orchestrator.apps.announcements.pdftext import announcement_text
+from orchestrator.apps.announcements.sentiment import sentiment_score
+from orchestrator.apps.announcements.summary import body_text, sentences, shorten, summarise
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples" / "announcements" / "announcements.jsonl"

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from pypdf import PdfReader, PdfWriter
 
-from orchestrator.announcements.errors import InvalidJob, TextExtractionError
-from orchestrator.announcements.model import Announcement
-from orchestrator.announcements.payloads import parse_job
-from orchestrator.announcements.pdftext import announcement_text, extract_pdf_text
+from orchestrator.apps.announcements.announcement import Announcement
+from orchestrator.apps.announcements.errors import InvalidJob, TextExtractionError
+from orchestrator.apps.announcements.payloads import parse_job
+from orchestrator.apps.announcements.pdftext import announcement_text, extract_pdf_text
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples" / "announcements"

@@ -10,20 +10,24 @@ from typing import Any
 
 import pytest
 
-from orchestrator.announcements.errors import AnnouncementError, InvalidJob, NotStored
-from orchestrator.announcements.model import AnalysedAnnouncement, Category
-from orchestrator.announcements.offline import OfflineAnalyser
-from orchestrator.announcements.payloads import parse_record
-from orchestrator.announcements.pipeline import (
+from orchestrator.apps.announcements.announcement import AnalysedAnnouncement, Category
+from orchestrator.apps.announcements.demo_report import format_report, read_report
+from orchestrator.apps.announcements.errors import AnnouncementError, InvalidJob, NotStored
+from orchestrator.apps.announcements.offline import OfflineAnalyser
+from orchestrator.apps.announcements.payloads import parse_record
+from orchestrator.apps.announcements.pipeline import (
     analyse_job,
     notify_all,
     notify_job,
     upload_batch,
 )
-from orchestrator.announcements.report import format_report, read_report
-from orchestrator.announcements.settings import AnalysisSettings, DatabaseSettings, Watchlist
-from orchestrator.announcements.store import Store, open_store
-from orchestrator.announcements.watchlists import matches, matching_watchlists
+from orchestrator.apps.announcements.pipeline_settings import (
+    AnalysisSettings,
+    DatabaseSettings,
+    Watchlist,
+)
+from orchestrator.apps.announcements.store import Store, open_store
+from orchestrator.apps.announcements.watchlists import matches, matching_watchlists
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples" / "announcements" / "announcements.jsonl"

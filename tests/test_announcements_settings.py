@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.announcements.model import Category
-from orchestrator.announcements.settings import (
+from orchestrator.apps.announcements.announcement import Category
+from orchestrator.apps.announcements.pipeline_settings import (
     SECTION_PARSERS,
     AnalyserKind,
     AnalysisSettings,

@@ -13,17 +13,17 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from orchestrator.announcements.errors import DatabaseUnavailable, StoreError
-from orchestrator.announcements.model import (
+from orchestrator.apps.announcements.announcement import (
     AnalysedAnnouncement,
     Category,
     FigureKind,
     KeyFigure,
     Notification,
 )
-from orchestrator.announcements.postgres_store import PostgresStore
-from orchestrator.announcements.settings import DatabaseSettings
-from orchestrator.announcements.store import Store, open_store, redact_url, sqlite_path
+from orchestrator.apps.announcements.errors import DatabaseUnavailable, StoreError
+from orchestrator.apps.announcements.pipeline_settings import DatabaseSettings
+from orchestrator.apps.announcements.postgres_store import PostgresStore
+from orchestrator.apps.announcements.store import Store, open_store, redact_url, sqlite_path
 
 T0 = datetime(2024, 10, 14, 12, 0, tzinfo=UTC)
 

@@ -20,22 +20,21 @@ from typing import Any
 
 import psutil
 import pytest
-import redis
 from click.testing import CliRunner
 
-from orchestrator.batch.ledger import ShardRecord
-from orchestrator.batch.progress import Pacer, ShardProgress
-from orchestrator.batch.request import BatchRejected, BatchRequest, shard_bounds
-from orchestrator.batch.results import result_line
-from orchestrator.batch.settings import BatchSettings, parse_batch_settings
-from orchestrator.batch.status import BatchStatus, format_line
-from orchestrator.batch.submit import build_payload
+from orchestrator.apps.batch.batch_record import ShardRecord
+from orchestrator.apps.batch.batch_settings import BatchSettings, parse_batch_settings
+from orchestrator.apps.batch.batch_status import BatchStatus, format_line
+from orchestrator.apps.batch.engine import ProcessingResult, ScanSpec, scan_serially
+from orchestrator.apps.batch.engine.synthetic import symbol_names, write_dataset
+from orchestrator.apps.batch.progress import Pacer, ShardProgress
+from orchestrator.apps.batch.request import BatchRejected, BatchRequest, shard_bounds
+from orchestrator.apps.batch.results import result_line
+from orchestrator.apps.batch.submit import build_payload
 from orchestrator.cli import cli
-from orchestrator.engine import ProcessingResult, ScanSpec, scan_serially
-from orchestrator.engine.synthetic import symbol_names, write_dataset
 from orchestrator.procs import wait_gone
 from orchestrator.validate import Problems, Section
-from tests.helpers import wait_until
+from tests.helpers import TextRedis, wait_until
 from tests.spawn_harness import ROOT, SpawnerProc
 from tests.test_engine_batch import FaultyRepository
 
@@ -77,7 +76,7 @@ def expected(serial: dict[str, dict[str, Any]], symbol: str) -> dict[str, Any]:
 class Batches:
     """A spawner with a ``batch_jobs`` queue, and ways to submit and read batches."""
 
-    def __init__(self, sp: SpawnerProc, r: redis.Redis, results: Path) -> None:
+    def __init__(self, sp: SpawnerProc, r: TextRedis, results: Path) -> None:
         self.sp = sp
         self.r = r
         self.results = results
@@ -96,7 +95,7 @@ class Batches:
 
     def wait_state(self, batch_id: str, state: str, timeout_s: float = 30) -> dict[str, str]:
         return wait_until(
-            lambda: (h := self.hash(batch_id)).get("state") == state and h,
+            lambda: h if (h := self.hash(batch_id)).get("state") == state else None,
             timeout_s,
             message=lambda: f"{self.hash(batch_id)}\n{self.sp.text()[-3000:]}",
         )
@@ -119,7 +118,7 @@ class Batches:
 
 @pytest.fixture
 def batches(
-    spawner_factory: Any, redis_url: str, r: redis.Redis, candles: Path, tmp_path: Path
+    spawner_factory: Any, redis_url: str, r: TextRedis, candles: Path, tmp_path: Path
 ) -> Iterator[Any]:
     """``batches(queue=..., batch=...)``: a started spawner for batch jobs."""
 
@@ -194,7 +193,7 @@ def test_a_batch_gives_the_results_of_a_serial_run(
     )
 
 
-def test_progress_is_published_at_most_twice_a_second(batches: Any, r: redis.Redis) -> None:
+def test_progress_is_published_at_most_twice_a_second(batches: Any, r: TextRedis) -> None:
     b = batches()
     symbols = with_faults({i: "SLOW" for i in range(0, 60, 2)})  # about 3 s of sleeping
     before = r.config_get("notify-keyspace-events")["notify-keyspace-events"]
@@ -249,7 +248,7 @@ def test_hanging_and_crashing_symbols_are_exactly_the_errors(
 
 
 def test_a_large_job_is_sharded_shared_by_two_workers_and_merged_once(
-    batches: Any, r: redis.Redis, serial: dict[str, dict[str, Any]]
+    batches: Any, r: TextRedis, serial: dict[str, dict[str, Any]]
 ) -> None:
     b = batches(queue={"max_concurrent": 2}, batch={"shard_size": 15, "max_workers": 1})
     symbols = with_faults({i: "SLOW" for i in range(0, 60, 3)})  # each shard takes a while
@@ -268,7 +267,7 @@ def test_a_large_job_is_sharded_shared_by_two_workers_and_merged_once(
 
 
 def test_a_killed_worker_s_shard_runs_again_and_nothing_is_duplicated(
-    batches: Any, r: redis.Redis, serial: dict[str, dict[str, Any]]
+    batches: Any, r: TextRedis, serial: dict[str, dict[str, Any]]
 ) -> None:
     b = batches()
     symbols = with_faults({i: "SLOW" for i in range(30, 50)})  # the second shard is slow
@@ -294,7 +293,7 @@ def test_a_killed_worker_s_shard_runs_again_and_nothing_is_duplicated(
 
 
 def test_sigterm_stops_the_engine_and_the_batch_runs_again_uncounted(
-    batches: Any, r: redis.Redis, spawner_factory: Any, serial: dict[str, dict[str, Any]]
+    batches: Any, r: TextRedis, spawner_factory: Any, serial: dict[str, dict[str, Any]]
 ) -> None:
     # max_attempts 1: were the stopped run counted, the rerun would be dead-lettered.
     b = batches(queue={"max_attempts": 1})
@@ -321,7 +320,7 @@ def test_sigterm_stops_the_engine_and_the_batch_runs_again_uncounted(
 
 
 def test_a_shard_longer_than_max_runtime_is_dead_lettered_saying_so(
-    batches: Any, r: redis.Redis
+    batches: Any, r: TextRedis
 ) -> None:
     b = batches(queue={"max_runtime": 5, "max_attempts": 1})
     batch_id = b.submit(with_faults({i: "SLOW" for i in range(60)}))  # some 6 s of work
@@ -340,7 +339,7 @@ def test_a_shard_longer_than_max_runtime_is_dead_lettered_saying_so(
     assert "orchestrator dlq retry batch_jobs" in status.stdout
 
 
-def test_a_bad_formula_or_timeframe_is_dead_lettered_at_once(batches: Any, r: redis.Redis) -> None:
+def test_a_bad_formula_or_timeframe_is_dead_lettered_at_once(batches: Any, r: TextRedis) -> None:
     b = batches()
     bad = [
         {"batch_id": "typo", "symbols": ["S0001"], "timeframe": "1d", "formula": "close > smaa(2)"},
@@ -376,7 +375,7 @@ def config_file(tmp_path: Path, redis_url: str, candles: Path) -> Path:
 
 
 def test_submit_refuses_what_a_worker_would_and_queues_the_rest(
-    tmp_path: Path, redis_url: str, r: redis.Redis, candles: Path
+    tmp_path: Path, redis_url: str, r: TextRedis, candles: Path
 ) -> None:
     config = str(config_file(tmp_path, redis_url, candles))
     base = ["batch", "submit", "-c", config, "--timeframe", "1d", "--symbols", "S0001,S0002"]
@@ -430,8 +429,8 @@ def test_shards_are_contiguous_and_even() -> None:
 def test_a_payload_reads_back_unchanged_and_every_problem_is_named(tmp_path: Path) -> None:
     settings = BatchSettings(timeout_s=7)
     payload = build_payload(
-        symbols=["A,B", "C A"], universe=None, timeframe="5m", formula="close > x",
-        params=["x=1.5"], start="2024-01-02", end="2024-02-01", memory_mb=512,
+        {"symbols": ["A,B", "C A"], "universe": None, "timeframe": "5m", "formula": "close > x",
+         "params": ["x=1.5"], "start": "2024-01-02", "end": "2024-02-01", "memory_mb": 512}
     )  # fmt: skip
     request = BatchRequest.from_payload(payload, "entry-1", settings, tmp_path)
     assert (request.batch_id, request.symbols, request.timeout_s) == ("entry-1", ("A", "B", "C"), 7)

@@ -12,21 +12,21 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psutil
 import psycopg
-import redis
 
 from orchestrator.procs import pid_alive
-from tests.helpers import wait_until
+from tests.helpers import TextRedis, wait_until
 from tests.spawn_harness import SpawnerProc, worker_script
 
 JOBS = 5_000
 RESTART_AFTER_KILLS = 8
 
 
-def pending(r: redis.Redis, stream: str) -> int:
+def pending(r: TextRedis, stream: str) -> int:
     return int(r.xpending(stream, "workers")["pending"])
 
 
@@ -34,89 +34,53 @@ def workers_of(sp: SpawnerProc) -> list[int]:
     return [p.pid for p in sp.live_workers()]
 
 
+QUEUE = {"max_concurrent": 3, "cooldown": 0, "idle_timeout": 2, "max_attempts": 4}
+QUEUES = {
+    "stage1": {
+        **QUEUE,
+        "script": worker_script("chaos_stage1.py"),
+        "label": "ONE",
+        "then": "stage2",
+        "batch_size": 50,
+    },
+    "stage2": {
+        **QUEUE,
+        "script": worker_script("chaos_stage2.py"),
+        "label": "TWO",
+        "batch_size": 50,
+    },
+}
+
+
 def test_chaos_nothing_lost(
-    redis_url: str, r: redis.Redis, pg_url: str, pg_schema: str, spawner_factory: Any
+    redis_url: str, r: TextRedis, pg_url: str, pg_schema: str, spawner_factory: Any
 ) -> None:
     table = f'"{pg_schema}".done'
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(f"create table {table} (job_id text primary key, deliveries int not null)")
-    queues = {
-        "stage1": {
-            "script": worker_script("chaos_stage1.py"),
-            "label": "ONE",
-            "max_concurrent": 3,
-            "cooldown": 0,
-            "idle_timeout": 2,
-            "max_attempts": 4,
-            "then": "stage2",
-            "batch_size": 50,
-        },
-        "stage2": {
-            "script": worker_script("chaos_stage2.py"),
-            "label": "TWO",
-            "max_concurrent": 3,
-            "cooldown": 0,
-            "idle_timeout": 2,
-            "max_attempts": 4,
-            "batch_size": 50,
-        },
-    }
     # 2 ms a job keeps stage 1 busy for seconds, so the chaos hits running work
     env = {"CHAOS_PG_URL": pg_url, "CHAOS_TABLE": table, "CHAOS_JOB_S": "0.002"}
-
-    def make() -> SpawnerProc:
-        return spawner_factory(
-            redis_url,
-            queues,
-            env=env,
-            spawner={"crash_window": 0.05, "poll_interval": 0.2},
-        )
-
-    sp = make().start()
     pipe = r.pipeline(transaction=False)
     for i in range(JOBS):
         pipe.xadd("stage1", {"payload": json.dumps({"id": f"job-{i}"})})
     pipe.xadd("stage1", {"payload": json.dumps({"id": "poison-raise", "poison": "raise"})})
     pipe.xadd("stage1", {"payload": json.dumps({"id": "poison-kill", "poison": "kill"})})
     pipe.execute()
-
-    rng = random.Random(7)
-    kills, restarted = 0, False
-    started = time.monotonic()
-
-    def done() -> int:
-        with psycopg.connect(pg_url) as conn:
-            row = conn.execute(f"select count(*) from {table}").fetchone()
-        return int(row[0]) if row else 0
-
-    while done() < JOBS and time.monotonic() - started < 150:
-        victims = workers_of(sp)
-        if victims:
-            os.kill(rng.choice(victims), signal.SIGKILL)
-            kills += 1
-        if not restarted and kills == RESTART_AFTER_KILLS:
-            old_workers = workers_of(sp)
-            os.kill(sp.pid, signal.SIGKILL)
-            sp.proc.wait()
-            wait_until(lambda w=old_workers: not [p for p in w if pid_alive(p)], 15)
-            sp = make().start()
-            restarted = True
-        time.sleep(0.2)  # the chaos rhythm itself, not a synchronisation
-
+    # the shipped crash-loop settings: the kills must not stall the queues
+    sp = chaos(lambda: spawner_factory(redis_url, QUEUES, env=env), lambda: done(pg_url, table))
     wait_until(
         lambda: (
-            done() == JOBS
+            done(pg_url, table) == JOBS
             and r.xlen("stage1:dead") == 2
             and pending(r, "stage1") == 0
             and pending(r, "stage2") == 0
         ),
         60,
         message=lambda: (
-            f"done={done()} dead={r.xlen('stage1:dead')} "
+            f"done={done(pg_url, table)} dead={r.xlen('stage1:dead')} "
             f"pending={pending(r, 'stage1')}/{pending(r, 'stage2')}\n" + sp.text()[-3000:]
         ),
     )
-    assert restarted and kills > RESTART_AFTER_KILLS
     assert sp.lines("Recovered")  # the kills did strand work, and it was recovered
     with psycopg.connect(pg_url) as conn:
         rows = conn.execute(f"select job_id from {table}").fetchall()
@@ -128,6 +92,36 @@ def test_chaos_nothing_lost(
     assert r.xlen("stage2:dead") == 0
     assert sp.stop() == 0
     assert not [p for p in psutil.process_iter() if "chaos_stage" in " ".join(_cmd(p))]
+
+
+def done(pg_url: str, table: str) -> int:
+    with psycopg.connect(pg_url) as conn:
+        row = conn.execute(f"select count(*) from {table}").fetchone()
+    return int(row[0]) if row else 0
+
+
+def chaos(make: Callable[[], SpawnerProc], finished: Callable[[], int]) -> SpawnerProc:
+    """A random worker SIGKILLed every 200 ms, and the spawner once, until
+    every job is done; the spawner running at the end."""
+    sp = make().start()
+    rng = random.Random(7)
+    kills, restarted = 0, False
+    started = time.monotonic()
+    while finished() < JOBS and time.monotonic() - started < 150:
+        victims = workers_of(sp)
+        if victims:
+            os.kill(rng.choice(victims), signal.SIGKILL)
+            kills += 1
+        if not restarted and kills == RESTART_AFTER_KILLS:
+            old_workers = workers_of(sp)
+            os.kill(sp.pid, signal.SIGKILL)
+            sp.proc.wait()
+            wait_until(lambda: not [p for p in old_workers if pid_alive(p)], 15)  # noqa: B023
+            sp = make().start()
+            restarted = True
+        time.sleep(0.2)  # the chaos rhythm itself, not a synchronisation
+    assert restarted and kills > RESTART_AFTER_KILLS
+    return sp
 
 
 def _cmd(p: psutil.Process) -> list[str]:

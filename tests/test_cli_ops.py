@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-import redis
 import yaml
 
+from tests.helpers import TextRedis
 from tests.spawn_harness import ROOT
 
 
@@ -46,7 +46,7 @@ def write_config(tmp_path: Path, redis_url: str) -> Path:
 
 
 def test_streams_and_reap_recover_a_dead_hosts_entries(
-    tmp_path: Path, redis_url: str, r: redis.Redis
+    tmp_path: Path, redis_url: str, r: TextRedis
 ) -> None:
     config = write_config(tmp_path, redis_url)
     r.xgroup_create("ai_processing", "workers", "0", mkstream=True)
@@ -81,7 +81,7 @@ def test_streams_and_reap_recover_a_dead_hosts_entries(
     assert consumers == {"alive/ai_1": 2, "orch:parked": 2}  # nothing acknowledged, nothing lost
 
 
-def test_dlq_list_retry_purge(tmp_path: Path, redis_url: str, r: redis.Redis) -> None:
+def test_dlq_list_retry_purge(tmp_path: Path, redis_url: str, r: TextRedis) -> None:
     config = write_config(tmp_path, redis_url)
     for i in range(3):
         r.xadd(

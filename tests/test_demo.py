@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-import redis
 
-from orchestrator.announcements.settings import DatabaseSettings
-from orchestrator.announcements.store import open_store
+from orchestrator.apps.announcements.pipeline_settings import DatabaseSettings
+from orchestrator.apps.announcements.store import open_store
 from orchestrator.embedded import free_port
+from tests.helpers import TextRedis
 from tests.spawn_harness import ROOT
 
 DEMO_TIMEOUT_S = 100.0
@@ -131,7 +131,7 @@ def test_demo_on_embedded_redis_and_sqlite(tmp_path: Path) -> None:
 
 
 def test_demo_on_real_redis_and_postgres_reruns_idempotently(
-    tmp_path: Path, redis_url: str, r: redis.Redis, pg_url: str, pg_schema: str
+    tmp_path: Path, redis_url: str, r: TextRedis, pg_url: str, pg_schema: str
 ) -> None:
     env = {"ORCH_REDIS_URL": redis_url, "ORCH_DATABASE_URL": pg_url}
     env["ORCH_DATABASE_SCHEMA"] = pg_schema

@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator.engine import (
+from orchestrator.apps.batch.engine import (
     Candles,
     DateRange,
     FormulaError,
@@ -31,7 +31,7 @@ from orchestrator.engine import (
     ScanSpec,
     scan_serially,
 )
-from orchestrator.engine.synthetic import symbol_names, write_dataset
+from orchestrator.apps.batch.engine.synthetic import symbol_names, write_dataset
 from orchestrator.pools import PoolAborted, default_pool_size
 from orchestrator.procs import wait_gone
 

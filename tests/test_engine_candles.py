@@ -10,8 +10,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from orchestrator.engine import COLUMNS, Candles, ParquetCandleRepository
-from orchestrator.engine.synthetic import (
+from orchestrator.apps.batch.engine import COLUMNS, Candles, ParquetCandleRepository
+from orchestrator.apps.batch.engine.synthetic import (
     DEFAULT_END,
     generate_candles,
     session_bars,

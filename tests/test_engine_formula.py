@@ -6,9 +6,9 @@ import pickle
 
 import pytest
 
-from orchestrator.engine import FormulaError, parse_formula
-from orchestrator.engine.formula import render
-from orchestrator.engine.lexer import TokenKind, tokenize
+from orchestrator.apps.batch.engine import FormulaError, parse_formula
+from orchestrator.apps.batch.engine.formula import render
+from orchestrator.apps.batch.engine.lexer import TokenKind, tokenize
 
 
 def canonical(text: str, **parameters: float) -> str:

@@ -8,15 +8,16 @@ series small enough to check by hand.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
-from orchestrator.engine import Candles, parse_formula
-from orchestrator.engine import indicators as ta
-from orchestrator.engine.evaluate import evaluate
-from orchestrator.engine.synthetic import generate_candles
+from orchestrator.apps.batch.engine import Candles, parse_formula
+from orchestrator.apps.batch.engine import indicators as ta
+from orchestrator.apps.batch.engine.evaluate import evaluate
+from orchestrator.apps.batch.engine.synthetic import generate_candles
 
 Array = npt.NDArray[np.float64]
 NAN = math.nan
@@ -112,7 +113,7 @@ def ref_bbands(x: Array, n: int, k: float) -> tuple[Array, Array, Array]:
     return upper, mid, lower
 
 
-def ref_window(x: Array, n: int, pick: type[max] | type[min]) -> Array:
+def ref_window(x: Array, n: int, pick: Callable[[Array], float]) -> Array:
     out = np.full(len(x), NAN)
     for i in range(n - 1, len(x)):
         out[i] = pick(x[i - n + 1 : i + 1])

@@ -23,14 +23,14 @@ import redis
 
 from orchestrator import keys
 from orchestrator.procs import pid_alive, wait_gone
-from tests.helpers import wait_until
+from tests.helpers import TextRedis, wait_until
 from tests.spawn_harness import ROOT, SpawnerProc, worker_script
 
 FLOW = worker_script("flow_worker.py")
 TREE = worker_script("tree_worker.py")
 
 
-def stage(r: redis.Redis, stream: str, jobs: list[dict[str, Any]], atomic: bool = False) -> float:
+def stage(r: TextRedis, stream: str, jobs: list[dict[str, Any]], atomic: bool = False) -> float:
     """Add jobs in one round trip (one MULTI when ``atomic``); the time it was sent."""
     pipe = r.pipeline(transaction=atomic)
     for job in jobs:
@@ -40,14 +40,14 @@ def stage(r: redis.Redis, stream: str, jobs: list[dict[str, Any]], atomic: bool 
     return sent
 
 
-def starts(r: redis.Redis) -> list[tuple[str, str, str, float]]:
+def starts(r: TextRedis) -> list[tuple[str, str, str, float]]:
     """(id, queue, consumer, epoch) of each job start, in start order."""
     rows = [line.split() for line in r.lrange("flow:started", 0, -1)]
     return sorted(((i, q, c, float(t)) for i, q, c, t in rows), key=lambda row: row[3])
 
 
 def test_slow_jobs_spread_over_the_workers(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
     sp = spawner_factory(
         redis_url,
@@ -67,7 +67,7 @@ def test_slow_jobs_spread_over_the_workers(
 
 
 def test_a_kill_storm_does_not_stall_the_queue(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
     """Workers SIGKILLed every 250 ms for 8 s after they did work (an OOM
     killer, an operator): no crash-loop backoff, and the queue drains."""
@@ -104,7 +104,7 @@ def live_pids(sp: SpawnerProc) -> set[int]:
 
 
 def test_workers_stopping_for_a_short_max_runtime_are_no_crash_loop(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
     sp = spawner_factory(
         redis_url,
@@ -122,7 +122,7 @@ def test_workers_stopping_for_a_short_max_runtime_are_no_crash_loop(
 
 
 def test_the_host_cap_is_shared_over_time(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
     """20 queues of max_concurrent 3 behind max_total_workers 8: every queue
     gets a worker within seconds, and no job is cut short for it."""
@@ -151,7 +151,7 @@ def test_the_host_cap_is_shared_over_time(
 
 
 def test_a_second_spawner_with_the_same_host_name_refuses_to_start(
-    redis_url: str, r: redis.Redis, spawner_factory: Any, tmp_path: Path
+    redis_url: str, r: TextRedis, spawner_factory: Any, tmp_path: Path
 ) -> None:
     queues = {"ai_processing": {"script": FLOW, "label": "AI", "max_concurrent": 2}}
     first = spawner_factory(redis_url, queues, name="one", spawner={"host": "same"}).start()
@@ -179,7 +179,7 @@ def test_a_second_spawner_with_the_same_host_name_refuses_to_start(
 
 
 def test_a_host_name_held_from_another_machine_is_free_once_its_heartbeat_expires(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
     other = {"machine": "vm-2", "boot": "another-boot", "pid": 4242, "create_time": 1.0}
     r.set(keys.host("same"), json.dumps({**other, "instance": "x"}))
@@ -217,9 +217,9 @@ def test_check_refuses_a_host_name_that_breaks_consumer_names(tmp_path: Path) ->
 
 
 def test_entries_that_are_not_utf8_reach_the_handler_or_the_dead_letters_intact(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
-    raw = redis.Redis.from_url(redis_url)
+    raw: Any = redis.Redis.from_url(redis_url)  # bytes in, bytes out
     sp = spawner_factory(
         redis_url, {"ai_processing": {"script": FLOW, "label": "AI"}}, shipped_defaults=True
     ).start()
@@ -278,7 +278,7 @@ def guard_of(sp: SpawnerProc) -> psutil.Process:
 
 
 def test_nothing_outlives_a_sigkilled_spawner(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
     """A hung worker, its SIGTERM-ignoring grandchild and its setsid daemon
     are gone by the worker's deadline plus stop_grace, with no restart."""
@@ -293,7 +293,7 @@ def test_nothing_outlives_a_sigkilled_spawner(
     lease = json.loads(next(iter(r.hvals(keys.leases("test-spawner")))))
     guard = guard_of(sp)
     os.kill(sp.pid, signal.SIGKILL)
-    sp.proc.wait()  # type: ignore[union-attr]
+    sp.proc.wait()
     assert pid_alive(pids[0])  # the hung job goes on: its deadline is not up
     limit_s = lease["deadline"] + 1 - time.time()
     assert wait_gone(pids, limit_s + 2.0) == []
@@ -301,7 +301,7 @@ def test_nothing_outlives_a_sigkilled_spawner(
 
 
 def test_a_restarted_spawner_kills_what_previous_workers_left_behind(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
     queues = {"ai_processing": {"script": TREE, "label": "AI"}}
     sp = spawner_factory(redis_url, queues, shipped_defaults=True).start()
@@ -309,7 +309,7 @@ def test_a_restarted_spawner_kills_what_previous_workers_left_behind(
     worker, grandchild, daemon = tree_of(sp.out, "hung")
     for pid in (guard_of(sp).pid, sp.pid, worker):  # spawner, guard and worker all die hard
         os.kill(pid, signal.SIGKILL)
-    sp.proc.wait()  # type: ignore[union-attr]
+    sp.proc.wait()
     assert wait_gone([worker], 5.0) == []
     assert pid_alive(grandchild)  # an orphan now, re-parented to init
     again = spawner_factory(redis_url, queues, name="spawner", shipped_defaults=True).start()

@@ -8,16 +8,14 @@ import signal
 import time
 from typing import Any
 
-import redis
-
-from tests.helpers import wait_until
+from tests.helpers import TextRedis, wait_until
 from tests.spawn_harness import worker_script
 
 TTL_S = 3.0
 
 
 def test_dead_host_recovered_only_after_heartbeat_expiry(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
     queues = {
         "ai_processing": {

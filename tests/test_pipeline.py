@@ -12,7 +12,7 @@ import redis
 
 from orchestrator.embedded import EmbeddedRedis
 from orchestrator.procs import wait_gone
-from tests.helpers import wait_until
+from tests.helpers import TextRedis, wait_until
 from tests.spawn_harness import worker_script
 
 JOB_WORKER = worker_script("job_worker.py")
@@ -22,16 +22,16 @@ def queue(**kw: Any) -> dict[str, Any]:
     return {"script": JOB_WORKER, "cooldown": 0, "max_runtime": 60, "idle_timeout": 1, **kw}
 
 
-def add(r: redis.Redis, stream: str, *jobs: dict[str, Any]) -> list[str]:
+def add(r: TextRedis, stream: str, *jobs: dict[str, Any]) -> list[str]:
     return [r.xadd(stream, {"payload": json.dumps(j)}) for j in jobs]
 
 
-def pending(r: redis.Redis, stream: str, group: str = "workers") -> int:
+def pending(r: TextRedis, stream: str, group: str = "workers") -> int:
     return int(r.xpending(stream, group)["pending"])
 
 
 def test_jobs_flow_through_then_and_are_acknowledged(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
     sp = spawner_factory(
         redis_url,
@@ -53,7 +53,7 @@ def test_jobs_flow_through_then_and_are_acknowledged(
 
 
 def test_killed_worker_jobs_run_again_at_once(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
     sp = spawner_factory(
         redis_url, {"ai_processing": queue(label="AI", max_concurrent=2, batch_size=5)}
@@ -74,7 +74,7 @@ def test_killed_worker_jobs_run_again_at_once(
 
 
 def test_poison_jobs_end_in_dead_letters(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
     sp = spawner_factory(
         redis_url,
@@ -107,7 +107,7 @@ def test_poison_jobs_end_in_dead_letters(
 
 
 def test_sigterm_stops_a_worker_waiting_for_work_at_once(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
     sp = spawner_factory(
         redis_url, {"ai_processing": queue(label="AI", idle_timeout=60)}, spawner={"stop_grace": 30}
@@ -122,7 +122,7 @@ def test_sigterm_stops_a_worker_waiting_for_work_at_once(
 
 
 def test_overdue_worker_is_killed_with_its_tree_and_its_job_runs_again(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
     sp = spawner_factory(
         redis_url,
@@ -144,7 +144,7 @@ def test_overdue_worker_is_killed_with_its_tree_and_its_job_runs_again(
 
 
 def test_restarted_spawner_recovers_its_dead_workers_entries(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
     queues = {"ai_processing": queue(label="AI", max_concurrent=2, batch_size=1)}
     sp = spawner_factory(redis_url, queues).start()
@@ -165,7 +165,7 @@ def test_restarted_spawner_recovers_its_dead_workers_entries(
 
 
 def test_restarted_spawner_adopts_workers_still_finishing(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
     queues = {"ai_processing": queue(label="AI", batch_size=1, idle_timeout=0.2)}
     sp = spawner_factory(redis_url, queues).start()
@@ -193,6 +193,7 @@ def test_a_spawner_starting_during_an_outage_adopts_once_redis_answers(
         wait_until(lambda: r.llen("test:started") == 1)
         os.kill(sp.pid, signal.SIGKILL)  # the worker gets SIGTERM: it finishes its job first
         sp.proc.wait()
+        assert server.pid is not None
         os.kill(server.pid, signal.SIGSTOP)  # Redis stops answering
         try:
             sp2 = spawner_factory(server.url, queues, name="spawner").start()

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -206,7 +207,7 @@ def test_a_dead_worker_fails_only_the_task_it_was_running(
 
 def test_a_worker_killed_while_idle_is_replaced(pool: KillablePool) -> None:
     pool.start()
-    victim = wait_until(lambda: pool.pids()[1:] and pool.pids()[1], timeout_s=5.0)
+    victim = wait_until(lambda: pool.pids()[1] if len(pool.pids()) > 1 else None, timeout_s=5.0)
     os.kill(victim, signal.SIGKILL)
     assert wait_gone([victim], timeout_s=5.0) == []
     outcomes = list(pool.run(_squares(10)))
@@ -266,7 +267,7 @@ def test_a_worker_that_resumes_after_a_stall_does_not_duplicate_outcomes(
         ({"live": 4, "stalled": 0, "idle": 2, "has_pending": True}, (0, 1, 2)),  # stall over
     ],
 )
-def test_plan_workers(state: dict[str, int], expected: tuple[int, int, int]) -> None:
+def test_plan_workers(state: dict[str, Any], expected: tuple[int, int, int]) -> None:
     plan = plan_workers(size=2, max_spare=1, standby=1, **state)
     assert (plan.start, plan.retire, plan.slots) == expected
 

@@ -75,7 +75,7 @@ def test_one_round_trip_per_probe(redis_url: str, monkeypatch: pytest.MonkeyPatc
     probe = DepthProbe(queues.values())
     probe.load(client)
     sends = []
-    original = Connection.send_packed_command
+    original: Any = Connection.send_packed_command
 
     def counting(self: Connection, command: Any, check_health: bool = True) -> None:
         sends.append(command)

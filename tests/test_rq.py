@@ -10,7 +10,7 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
-from tests.helpers import wait_until
+from tests.helpers import TextRedis, wait_until
 from tests.spawn_harness import ROOT
 
 
@@ -40,7 +40,7 @@ def start_rq(
     return sp, Queue("reports", connection=client, serializer=JSONSerializer)
 
 
-def test_rq_jobs_all_finish(redis_url: str, r: redis.Redis, spawner_factory: Any) -> None:
+def test_rq_jobs_all_finish(redis_url: str, r: TextRedis, spawner_factory: Any) -> None:
     sp, q = start_rq(redis_url, spawner_factory, max_concurrent=2)
     jobs = [q.enqueue("tests.rqjobs.tasks.record", f"job{i}") for i in range(12)]
     wait_until(lambda: r.scard("test:done") == 12, 60, message=lambda: sp.text()[-3000:])
@@ -49,7 +49,7 @@ def test_rq_jobs_all_finish(redis_url: str, r: redis.Redis, spawner_factory: Any
 
 
 def test_killed_rq_worker_job_is_requeued_promptly(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
     sp, q = start_rq(redis_url, spawner_factory, max_concurrent=1)
     job = q.enqueue("tests.rqjobs.tasks.kill_worker_once", "victim")
@@ -61,7 +61,7 @@ def test_killed_rq_worker_job_is_requeued_promptly(
 
 
 def test_overdue_rq_worker_is_killed_and_its_job_requeued(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
     sp, q = start_rq(
         redis_url, spawner_factory, spawner={"stop_grace": 0.5}, max_concurrent=1, max_runtime=2
@@ -74,7 +74,7 @@ def test_overdue_rq_worker_is_killed_and_its_job_requeued(
 
 
 def test_rq_job_that_always_kills_fails_after_max_attempts(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
     sp, q = start_rq(
         redis_url, spawner_factory, spawner={"crash_window": 0}, max_concurrent=1, max_attempts=3

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.config import parse_config
-from orchestrator.fleet import Lease, Worker
+from orchestrator.fleet import Worker
+from orchestrator.leases import Lease
 from orchestrator.queues import QueueDepth
 from orchestrator.queuestate import QueueState, apply_config
 from orchestrator.scaling import (

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from orchestrator.scanner.discovery import (
+from orchestrator.apps.scanner.discovery import (
     ScannerFn,
     ScannerJob,
     Status,
@@ -23,7 +23,7 @@ from orchestrator.scanner.discovery import (
     run_discovery,
     run_scanners,
 )
-from orchestrator.scanner.settings import DiscoverySettings, ScannerRef
+from orchestrator.apps.scanner.scanner_settings import DiscoverySettings, ScannerRef
 from orchestrator.validate import ConfigError
 
 RELEASE = threading.Event()  # lets hanging requests go when a test ends
@@ -181,7 +181,7 @@ def test_jobs_load_from_settings() -> None:
 def test_an_abandoned_scanner_does_not_hold_up_interpreter_exit() -> None:
     code = (
         "import time\n"
-        "from orchestrator.scanner.discovery import ScannerJob, run_scanners\n"
+        "from orchestrator.apps.scanner.discovery import ScannerJob, run_scanners\n"
         "r = run_scanners([ScannerJob('stuck', lambda s: time.sleep(60))], {}, timeout_s=0.2)\n"
         "print(r.outcomes[0].status)\n"
     )

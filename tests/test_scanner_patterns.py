@@ -8,10 +8,10 @@ import pickle
 
 import pytest
 
-from orchestrator.scanner.engine import PatternEngine
-from orchestrator.scanner.indicators import SymbolState, Windows
-from orchestrator.scanner.patterns import alert_fields
-from orchestrator.scanner.settings import PatternSettings
+from orchestrator.apps.scanner.detection import PatternEngine
+from orchestrator.apps.scanner.patterns import alert_fields
+from orchestrator.apps.scanner.rolling import SymbolState, Windows
+from orchestrator.apps.scanner.scanner_settings import PatternSettings
 
 DAY = 1_700_006_400  # a UTC midnight: the session (open 00:00) starts here
 SETTINGS = PatternSettings(opening_range_s=300)

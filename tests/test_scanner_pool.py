@@ -14,18 +14,22 @@ from typing import Any
 
 import pytest
 
-from orchestrator.procs import pid_alive, wait_gone
-from orchestrator.scanner.engine import PatternEngine
-from orchestrator.scanner.frames import Entry, partition_of, split_entries
-from orchestrator.scanner.ledger import GIVE_UP_AFTER_CRASHES, Batch, Ledger
-from orchestrator.scanner.pool import (
+from orchestrator.apps.scanner.detection import PatternEngine
+from orchestrator.apps.scanner.frames import Entry, partition_of, split_entries
+from orchestrator.apps.scanner.partitions import GIVE_UP_AFTER_CRASHES, Ledger, TickBatch
+from orchestrator.apps.scanner.scanner_pool import (
     MEMORY_CHECKS_OVER,
     BatchResult,
     ScannerPool,
     ScannerPoolError,
     dispatch_window,
 )
-from orchestrator.scanner.settings import BacklogPolicy, PatternSettings, ScannerSettings
+from orchestrator.apps.scanner.scanner_settings import (
+    BacklogPolicy,
+    PatternSettings,
+    ScannerSettings,
+)
+from orchestrator.procs import pid_alive, wait_gone
 from tests.helpers import wait_until
 
 PATTERNS = PatternSettings(
@@ -148,7 +152,7 @@ def test_dispatch_window_leaves_half_the_backlog_sheddable() -> None:
 def test_ledger_checkpoints_tail_and_give_up() -> None:
     ledger = Ledger.empty(0, checkpoint_every=2)
     for i in (1, 2, 3):
-        ledger.waiting.append(Batch(i, [f"{i}-0"], b""))
+        ledger.waiting.append(TickBatch(i, [f"{i}-0"], b""))
     first, second = ledger.next_to_send(4, 0.0), ledger.next_to_send(4, 0.0)
     assert first is not None and second is not None and ledger.next_to_send(2, 0.0) is None
     assert not first.flags and second.flags  # every 2nd dispatch asks for a checkpoint
@@ -325,13 +329,13 @@ def test_stalled_process_is_replaced(pools: list[ScannerPool]) -> None:
 
 POISON_CHILD = """
 import os, sys
-from orchestrator.scanner import engine, poolproc
-real = engine.PatternEngine.process
+from orchestrator.apps.scanner import detection, poolproc
+real = detection.PatternEngine.process
 def process(self, rows, mute=False):
     if any(row[0] == "POISON" for row in rows):
         os._exit(3)
     return real(self, rows, mute)
-engine.PatternEngine.process = process
+detection.PatternEngine.process = process
 sys.exit(poolproc.main())
 """
 
@@ -389,8 +393,8 @@ def test_close_stops_every_process() -> None:
 
 SCANNER = """
 import sys, time
-from orchestrator.scanner.pool import ScannerPool
-from orchestrator.scanner.settings import ScannerSettings
+from orchestrator.apps.scanner.scanner_pool import ScannerPool
+from orchestrator.apps.scanner.scanner_settings import ScannerSettings
 pool = ScannerPool(ScannerSettings(processing_workers=2)).start()
 tick = {"price": "1", "volume": "1", "ts": "1"}
 pool.submit([(f"{i}-0", {"symbol": f"S{i}", **tick}) for i in range(9)])

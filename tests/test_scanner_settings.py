@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from orchestrator.scanner.batching import next_read_size
-from orchestrator.scanner.settings import (
+from orchestrator.apps.scanner.batching import next_read_size
+from orchestrator.apps.scanner.scanner_settings import (
     BacklogPolicy,
     PatternSettings,
     ScannerRef,
@@ -168,7 +168,7 @@ def test_duplicate_scanner_names_are_refused() -> None:
 
 def test_settings_module_imports_nothing_heavy() -> None:
     code = (
-        "import sys, orchestrator.scanner.settings; "
+        "import sys, orchestrator.apps.scanner.scanner_settings; "
         "heavy = {'numpy', 'polars', 'redis', 'psutil', 'loguru'} & set(sys.modules); "
         "print(sorted(heavy))"
     )

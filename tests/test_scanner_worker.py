@@ -34,22 +34,21 @@ import redis
 import yaml
 from click.testing import CliRunner
 
-from orchestrator.cli import cli
-from orchestrator.scanner.engine import PatternEngine
-from orchestrator.scanner.frames import flat_rows
-from orchestrator.scanner.outbox import GIVEN_UP, Outbox
-from orchestrator.scanner.pool import BatchResult
-from orchestrator.scanner.reader import GroupReader
-from orchestrator.scanner.recovery import (
+from orchestrator.apps.scanner.detection import PatternEngine
+from orchestrator.apps.scanner.frames import flat_rows
+from orchestrator.apps.scanner.metrics_report import Reporter, read_scanners, scanner_line
+from orchestrator.apps.scanner.outbox import GIVEN_UP, Outbox
+from orchestrator.apps.scanner.reader import GroupReader
+from orchestrator.apps.scanner.scanner_pool import BatchResult
+from orchestrator.apps.scanner.scanner_settings import PatternSettings
+from orchestrator.apps.scanner.warmup import (
     acknowledged_history,
     cooloff_checkpoints,
     cooloff_clocks,
 )
-from orchestrator.scanner.report import Reporter
-from orchestrator.scanner.settings import PatternSettings
-from orchestrator.status import read_scanners, scanner_line
+from orchestrator.cli import cli
 from orchestrator.worker import Settings
-from tests.helpers import wait_until
+from tests.helpers import TextRedis, wait_until
 from tests.spawn_harness import ROOT, SpawnerProc
 from tests.test_scanner_patterns import DAY, scripted_rows
 
@@ -80,7 +79,7 @@ def random_rows(n: int, symbols: int, seed: int = 7) -> list[Row]:
     return rows
 
 
-def add(r: redis.Redis, rows: Sequence[Row]) -> list[str]:
+def add(r: TextRedis, rows: Sequence[Row]) -> list[str]:
     pipe = r.pipeline(transaction=False)
     for sym, price, volume, ts in rows:
         pipe.xadd(STREAM, {"symbol": sym, "price": price, "volume": volume, "ts": ts})
@@ -93,7 +92,7 @@ def reference(ids: Sequence[str], rows: Sequence[Row], patterns: PatternSettings
     return sorted((ids[a[0]], a[2], round(a[3], 4), a[4], a[5], a[6]) for a in out.alerts)
 
 
-def written(r: redis.Redis) -> list[AlertKey]:
+def written(r: TextRedis) -> list[AlertKey]:
     return sorted(
         (f["tick_id"], f["pattern"], float(f["confidence"]), float(f["price"]),
          float(f["time"]), f["direction"])
@@ -101,22 +100,22 @@ def written(r: redis.Redis) -> list[AlertKey]:
     )  # fmt: skip
 
 
-def group(r: redis.Redis) -> dict[str, Any]:
+def group(r: TextRedis) -> dict[str, Any]:
     return next(g for g in r.xinfo_groups(STREAM) if g["name"] == GROUP)
 
 
-def all_acked(r: redis.Redis, n: int) -> bool:
+def all_acked(r: TextRedis, n: int) -> bool:
     g = group(r)
     return bool(g["entries-read"] == n and g["lag"] == 0 and g["pending"] == 0)
 
 
-def metrics(r: redis.Redis) -> dict[str, Any]:
+def metrics(r: TextRedis) -> dict[str, Any]:
     rows = read_scanners(r)
     return rows[0] if rows else {}
 
 
 def start_scanner(
-    factory: Any, redis_url: str, r: redis.Redis, scanner: dict[str, Any], **queue: Any
+    factory: Any, redis_url: str, r: TextRedis, scanner: dict[str, Any], **queue: Any
 ) -> SpawnerProc:
     r.xgroup_create(STREAM, GROUP, "0", mkstream=True)
     q = {
@@ -132,7 +131,7 @@ def start_scanner(
 
 def pool_of(sp: SpawnerProc, processes: int) -> tuple[int, list[psutil.Process]]:
     """The running scanner's pid and its pool processes."""
-    pid = wait_until(lambda: sp.spawned() and sp.spawned()[-1][2], message=sp.text)
+    pid = wait_until(lambda: sp.spawned()[-1][2] if sp.spawned() else None, message=sp.text)
 
     def kids() -> list[psutil.Process]:
         try:
@@ -146,7 +145,7 @@ def pool_of(sp: SpawnerProc, processes: int) -> tuple[int, list[psutil.Process]]
     return pid, wait_until(kids, message="pool processes not found")
 
 
-def held_pool_fills(r: redis.Redis, batches: int) -> dict[str, Any]:
+def held_pool_fills(r: TextRedis, batches: int) -> dict[str, Any]:
     """Wait until the scanner reports ``batches`` in flight (the pool is stopped)."""
     return wait_until(
         lambda: (m := metrics(r)).get("batches_in_flight", 0) >= batches and m,
@@ -175,7 +174,7 @@ EXPECTED = [  # tests/test_scanner_patterns.py's script, per symbol
 
 
 def test_scripted_ticks_raise_exactly_the_expected_alerts(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
     symbols = ("AAA", "BBB", "CCC")
     scripts = {sym: scripted_rows(sym) for sym in symbols}
@@ -217,7 +216,7 @@ def test_scripted_ticks_raise_exactly_the_expected_alerts(
 
 
 def test_sigkill_of_a_pool_process_loses_and_repeats_nothing(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
     rows = random_rows(6000, 20)
     scanner = {
@@ -243,7 +242,7 @@ def test_sigkill_of_a_pool_process_loses_and_repeats_nothing(
 
 
 def test_sigkill_of_the_scanner_loses_nothing_and_keeps_the_cooloff(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
     rows = random_rows(6000, 20, seed=11)
     scanner = {
@@ -278,7 +277,7 @@ def test_sigkill_of_the_scanner_loses_nothing_and_keeps_the_cooloff(
 
 
 def test_a_full_backlog_stops_reading_instead_of_dropping(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
     rows = random_rows(2000, 20)
     scanner = {"processing_workers": 1, "processing_backlog": 4, "batch_size_max": 20}
@@ -305,7 +304,7 @@ def test_a_full_backlog_stops_reading_instead_of_dropping(
 
 
 def test_shed_oldest_acknowledges_and_counts_shed_ticks(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
     rows = random_rows(2000, 20)
     scanner = {
@@ -336,7 +335,7 @@ def test_shed_oldest_acknowledges_and_counts_shed_ticks(
 # -- the pieces, against Redis alone ------------------------------------------------
 
 
-def test_reader_takes_own_pending_once_then_new(redis_url: str, r: redis.Redis) -> None:
+def test_reader_takes_own_pending_once_then_new(redis_url: str, r: TextRedis) -> None:
     r.xgroup_create(STREAM, GROUP, "0", mkstream=True)
     handed = add(r, random_rows(5, 2))
     r.xreadgroup(GROUP, "me", {STREAM: ">"})  # pending on "me", as if handed to it
@@ -360,7 +359,7 @@ def test_reader_takes_own_pending_once_then_new(redis_url: str, r: redis.Redis) 
     client.close()
 
 
-def test_uneven_fields_take_the_slow_path(redis_url: str, r: redis.Redis) -> None:
+def test_uneven_fields_take_the_slow_path(redis_url: str, r: TextRedis) -> None:
     r.xgroup_create(STREAM, GROUP, "0", mkstream=True)
     r.xadd(STREAM, {"symbol": "A", "price": "1", "volume": "2", "ts": "3"})
     r.xadd(STREAM, {"ts": "4", "volume": "5", "price": "6", "symbol": "B", "venue": "X"})
@@ -374,9 +373,7 @@ def test_uneven_fields_take_the_slow_path(redis_url: str, r: redis.Redis) -> Non
     ]
 
 
-def test_outbox_writes_alerts_dead_letters_and_acks_together(
-    redis_url: str, r: redis.Redis
-) -> None:
+def test_outbox_writes_alerts_dead_letters_and_acks_together(redis_url: str, r: TextRedis) -> None:
     r.xgroup_create(STREAM, GROUP, "0", mkstream=True)
     ids = add(r, random_rows(6, 2))
     r.xreadgroup(GROUP, "me", {STREAM: ">"})
@@ -400,7 +397,7 @@ def test_outbox_writes_alerts_dead_letters_and_acks_together(
     assert dead[ids[1]]["symbol"] == r.xrange(STREAM, ids[1], ids[1])[0][1]["symbol"]
 
 
-def test_cooloff_clocks_come_back_from_the_alert_stream(redis_url: str, r: redis.Redis) -> None:
+def test_cooloff_clocks_come_back_from_the_alert_stream(redis_url: str, r: TextRedis) -> None:
     settings = PatternSettings(opening_range_s=300)  # the scripted sequence's
     for symbol, pattern, ts in [
         ("AAA", "BREAKOUT", DAY - 10_000.0),  # beyond 2 x cooloff of the newest: not read
@@ -419,7 +416,7 @@ def test_cooloff_clocks_come_back_from_the_alert_stream(redis_url: str, r: redis
     assert got == [(130, "BREAKOUT"), (203, "MOMENTUM"), (251, "MOMENTUM"), (300, "BREAKOUT")]
 
 
-def test_history_is_the_acknowledged_ticks_oldest_first(redis_url: str, r: redis.Redis) -> None:
+def test_history_is_the_acknowledged_ticks_oldest_first(redis_url: str, r: TextRedis) -> None:
     r.xgroup_create(STREAM, GROUP, "0", mkstream=True)
     ids = add(r, random_rows(12, 3))
     r.xreadgroup(GROUP, "other", {STREAM: ">"}, count=10)  # delivered: 0..9; 10, 11 not yet
@@ -434,7 +431,7 @@ def test_history_is_the_acknowledged_ticks_oldest_first(redis_url: str, r: redis
 
 
 def test_reporter_publishes_for_status_and_notices_handed_entries(
-    redis_url: str, r: redis.Redis
+    redis_url: str, r: TextRedis
 ) -> None:
     r.xgroup_create(STREAM, GROUP, "0", mkstream=True)
     add(r, random_rows(5, 2))

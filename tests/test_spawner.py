@@ -14,7 +14,7 @@ import psutil
 import redis
 
 from orchestrator.procs import pid_alive, wait_gone
-from tests.helpers import wait_until
+from tests.helpers import TextRedis, wait_until
 from tests.spawn_harness import ROOT, worker_script
 
 SLEEPER = worker_script("sleeper.py")
@@ -24,13 +24,13 @@ def queue(script: str, **kw: Any) -> dict[str, Any]:
     return {"script": script, "cooldown": 0, "max_runtime": 60, **kw}
 
 
-def add_jobs(r: redis.Redis, stream: str, n: int) -> None:
+def add_jobs(r: TextRedis, stream: str, n: int) -> None:
     for i in range(n):
         r.xadd(stream, {"payload": json.dumps({"id": i})})
 
 
 def test_five_jobs_start_three_workers_at_once(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
     sp = spawner_factory(redis_url, {"ai_processing": queue(SLEEPER, label="AI", max_concurrent=3)})
     sp.start()
@@ -42,9 +42,7 @@ def test_five_jobs_start_three_workers_at_once(
     assert len(sp.live_workers()) == 3
 
 
-def test_mixed_queues_get_three_two_one(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
-) -> None:
+def test_mixed_queues_get_three_two_one(redis_url: str, r: TextRedis, spawner_factory: Any) -> None:
     sp = spawner_factory(
         redis_url,
         {
@@ -65,7 +63,7 @@ def test_mixed_queues_get_three_two_one(
     assert sorted(labels) == ["AI"] * 3 + ["INVESTOR"] + ["UPLOAD"] * 2
 
 
-def test_worker_environment(redis_url: str, r: redis.Redis, spawner_factory: Any) -> None:
+def test_worker_environment(redis_url: str, r: TextRedis, spawner_factory: Any) -> None:
     sp = spawner_factory(
         redis_url,
         {
@@ -100,7 +98,7 @@ def test_worker_environment(redis_url: str, r: redis.Redis, spawner_factory: Any
 
 
 def test_max_runtime_kills_the_whole_tree(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
     sp = spawner_factory(
         redis_url,
@@ -117,9 +115,7 @@ def test_max_runtime_kills_the_whole_tree(
     assert "stopped for max_runtime" in sp.lines("killed by signal 9")[0]
 
 
-def test_orphans_of_a_worker_are_killed(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
-) -> None:
+def test_orphans_of_a_worker_are_killed(redis_url: str, r: TextRedis, spawner_factory: Any) -> None:
     sp = spawner_factory(
         redis_url,
         {
@@ -136,7 +132,7 @@ def test_orphans_of_a_worker_are_killed(
     assert wait_gone([child], 5.0) == []
 
 
-def test_sigterm_stops_everything(redis_url: str, r: redis.Redis, spawner_factory: Any) -> None:
+def test_sigterm_stops_everything(redis_url: str, r: TextRedis, spawner_factory: Any) -> None:
     sp = spawner_factory(
         redis_url,
         {
@@ -159,7 +155,7 @@ def test_sigterm_stops_everything(redis_url: str, r: redis.Redis, spawner_factor
     assert not redis.Redis.from_url(redis_url).zscore("orch:hosts", "test-spawner")
 
 
-def test_crash_loop_backs_off(redis_url: str, r: redis.Redis, spawner_factory: Any) -> None:
+def test_crash_loop_backs_off(redis_url: str, r: TextRedis, spawner_factory: Any) -> None:
     sp = spawner_factory(
         redis_url,
         {"ai_processing": queue(worker_script("crasher.py"), label="AI")},
@@ -188,7 +184,7 @@ def test_crash_loop_backs_off(redis_url: str, r: redis.Redis, spawner_factory: A
 
 
 def test_a_script_exiting_0_at_once_with_work_waiting_backs_off(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
     sp = spawner_factory(
         redis_url,
@@ -205,7 +201,7 @@ def test_a_script_exiting_0_at_once_with_work_waiting_backs_off(
     assert gaps[1] >= 0.9, gaps  # not respawned in a tight loop
 
 
-def test_cooldown_keeps_a_slot_empty(redis_url: str, r: redis.Redis, spawner_factory: Any) -> None:
+def test_cooldown_keeps_a_slot_empty(redis_url: str, r: TextRedis, spawner_factory: Any) -> None:
     sp = spawner_factory(
         redis_url,
         {"ai_processing": queue(SLEEPER, label="AI", max_concurrent=1, cooldown=2)},
@@ -222,7 +218,7 @@ def test_cooldown_keeps_a_slot_empty(redis_url: str, r: redis.Redis, spawner_fac
 
 
 def test_reload_refuses_bad_config_and_lowering_max_lets_workers_finish(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
     sp = spawner_factory(
         redis_url,
@@ -246,7 +242,7 @@ def test_reload_refuses_bad_config_and_lowering_max_lets_workers_finish(
     sp.wait_log("AI: 1/1 workers")
 
 
-def test_status_and_enqueue_commands(redis_url: str, r: redis.Redis, spawner_factory: Any) -> None:
+def test_status_and_enqueue_commands(redis_url: str, r: TextRedis, spawner_factory: Any) -> None:
     sp = spawner_factory(redis_url, {"ai_processing": queue(SLEEPER, label="AI", max_concurrent=2)})
     cli = [sys.executable, "-m", "orchestrator"]
     cfg = ["-c", str(sp.config_path)]
@@ -287,7 +283,7 @@ def test_status_and_enqueue_commands(redis_url: str, r: redis.Redis, spawner_fac
 
 
 def test_no_zombies_while_workers_come_and_go(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
     sp = spawner_factory(
         redis_url,
@@ -344,7 +340,7 @@ def test_redis_outage_is_waited_out(tmp_path: Any, spawner_factory: Any) -> None
 
 
 def test_worker_over_its_memory_cap_is_terminated_with_its_tree(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
     sp = spawner_factory(
         redis_url,

@@ -8,14 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import redis
 import yaml
 
 from orchestrator.config import parse_config
 from orchestrator.logs import Events
 from orchestrator.procs import pid_alive
 from orchestrator.spawner import WorkerSpawner
-from tests.helpers import wait_until
+from tests.helpers import TextRedis, wait_until
 from tests.spawn_harness import ROOT
 
 
@@ -81,7 +80,7 @@ def test_cooldown_blocks_can_spawn(redis_url: str) -> None:
     assert not spawner.can_spawn_worker("ai_processing")  # its slot is cooling
 
 
-def test_json_logs_without_pictographs(tmp_path: Path, redis_url: str, r: redis.Redis) -> None:
+def test_json_logs_without_pictographs(tmp_path: Path, redis_url: str, r: TextRedis) -> None:
     config = {
         "redis": {"url": redis_url},
         "log": {"format": "json", "emoji": False},

@@ -9,18 +9,17 @@ import sys
 from pathlib import Path
 
 import psutil
-import redis
 import yaml
 
 from orchestrator.procs import pid_alive
-from tests.helpers import wait_until
+from tests.helpers import TextRedis, wait_until
 from tests.spawn_harness import ROOT, SPAWN_RE, worker_script
 
 BIN = Path(sys.executable).parent
 
 
 def test_supervisord_starts_and_stops_the_orchestrator(
-    tmp_path: Path, redis_url: str, r: redis.Redis
+    tmp_path: Path, redis_url: str, r: TextRedis
 ) -> None:
     conf = (ROOT / "supervisord.conf").read_text()
     conf = conf.replace("%(here)s/var", str(tmp_path)).replace("%(here)s", str(ROOT))

@@ -16,10 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from orchestrator import keys
-from tests.helpers import wait_until
+from tests.helpers import TextRedis, wait_until
 from tests.spawn_harness import ROOT, worker_script
 
 STREAM, GROUP, CONSUMER = "jobs", "workers", "testhost/jobs_1"
@@ -45,18 +43,18 @@ def start_worker(redis_url: str, tmp_path: Path, **env: str) -> subprocess.Popen
     return subprocess.Popen([sys.executable, worker_script("job_worker.py")], env=variables)
 
 
-def add(r: redis.Redis, *jobs: dict[str, Any]) -> list[str]:
+def add(r: TextRedis, *jobs: dict[str, Any]) -> list[str]:
     r.xgroup_create(STREAM, GROUP, "0", mkstream=True)
     return [r.xadd(STREAM, {"payload": json.dumps(j)}) for j in jobs]
 
 
-def pending_ids(r: redis.Redis) -> list[str]:
+def pending_ids(r: TextRedis) -> list[str]:
     rows = r.xpending_range(STREAM, GROUP, "-", "+", 100, consumername=CONSUMER)
     return [str(row["message_id"]) for row in rows]
 
 
 def test_sigterm_finishes_the_job_in_hand_and_leaves_the_rest_uncounted(
-    redis_url: str, r: redis.Redis, tmp_path: Path
+    redis_url: str, r: TextRedis, tmp_path: Path
 ) -> None:
     # The quick first job teaches the worker to read ahead: it then takes
     # long, b and c in one read.
@@ -86,7 +84,7 @@ def test_sigterm_finishes_the_job_in_hand_and_leaves_the_rest_uncounted(
 
 
 def test_the_worker_stops_taking_work_before_its_deadline(
-    redis_url: str, r: redis.Redis, tmp_path: Path
+    redis_url: str, r: TextRedis, tmp_path: Path
 ) -> None:
     jobs = [{"id": f"j{i}", "action": "sleep", "seconds": 0.3} for i in range(10)]
     add(r, *jobs)
@@ -105,7 +103,7 @@ def test_the_worker_stops_taking_work_before_its_deadline(
 
 
 def test_slow_jobs_are_read_one_at_a_time_quick_ones_in_batches(
-    redis_url: str, r: redis.Redis, tmp_path: Path
+    redis_url: str, r: TextRedis, tmp_path: Path
 ) -> None:
     slow = [{"id": f"s{i}", "action": "sleep", "seconds": 0.2} for i in range(3)]
     quick = [{"id": f"q{i}"} for i in range(200)]
@@ -113,7 +111,8 @@ def test_slow_jobs_are_read_one_at_a_time_quick_ones_in_batches(
     worker = start_worker(redis_url, tmp_path, ORCH_IDLE_TIMEOUT="1", ORCH_BATCH_SIZE="100")
     try:
         for i in range(3):  # while s<i> runs, nothing else is held by the worker
-            wait_until(lambda i=i: f"s{i} {CONSUMER}" in r.lrange("test:started", 0, -1), 10)
+            started = f"s{i} {CONSUMER}"
+            wait_until(lambda: started in r.lrange("test:started", 0, -1), 10)  # noqa: B023
             assert len(pending_ids(r)) == 1
         wait_until(lambda: len(r.smembers("test:done")) == 3, 10)
         r.config_resetstat()

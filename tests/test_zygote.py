@@ -6,9 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import redis
-
-from tests.helpers import wait_until
+from tests.helpers import TextRedis, wait_until
 from tests.spawn_harness import WORKERS, worker_script
 
 
@@ -27,7 +25,7 @@ def report_queue(**queue_kw: Any) -> dict[str, Any]:
     }
 
 
-def run_one(redis_url: str, r: redis.Redis, spawner_factory: Any, **queue_kw: Any) -> Any:
+def run_one(redis_url: str, r: TextRedis, spawner_factory: Any, **queue_kw: Any) -> Any:
     sp = spawner_factory(redis_url, {"ai_processing": report_queue(**queue_kw)})
     sp.start()
     r.xadd("ai_processing", {"payload": "{}"})
@@ -36,7 +34,7 @@ def run_one(redis_url: str, r: redis.Redis, spawner_factory: Any, **queue_kw: An
 
 
 def test_forked_worker_is_warm_and_the_spawners_child(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
     sp, report = run_one(redis_url, r, spawner_factory)
     assert report["warm"] is True  # forked from the fork server, imports done
@@ -48,7 +46,7 @@ def test_forked_worker_is_warm_and_the_spawners_child(
 
 
 def test_interpreter_startup_settings_force_an_exec(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
     env = {"PYTHONPATH": str(WORKERS / "pathdir"), "EXIT_CODE": "3", "PYTHONHASHSEED": "7"}
     sp, report = run_one(redis_url, r, spawner_factory, env=env)
@@ -57,7 +55,7 @@ def test_interpreter_startup_settings_force_an_exec(
 
 
 def test_fork_server_can_be_switched_off(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
     sp = spawner_factory(
         redis_url, {"ai_processing": report_queue()}, spawner={"fork_server": False}
@@ -69,7 +67,7 @@ def test_fork_server_can_be_switched_off(
 
 
 def test_workers_planned_together_are_forked_together_each_with_its_own_identity(
-    redis_url: str, r: redis.Redis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
     sp = spawner_factory(redis_url, {"ai_processing": report_queue(max_concurrent=3)})
     sp.start()

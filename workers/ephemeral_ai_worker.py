@@ -5,14 +5,14 @@ A job is an announcement (``id``, ``symbol``, ``exchange``, ``title``, and
 config turns it into a category, key figures, a sentiment and a summary, and
 the runtime forwards that record to ``supabase_upload`` through ``then``. An
 invalid job or an unreadable PDF is dead-lettered at once with its reason.
-Started by ``orchestrator run``; see ``orchestrator.announcements.handlers``.
+Started by ``orchestrator run``; see ``orchestrator.apps.announcements.handlers``.
 """
 
 from __future__ import annotations
 
 import os
 
-from orchestrator.announcements.handlers import AiHandler
+from orchestrator.apps.announcements.handlers import AiHandler
 from orchestrator.worker import run_worker
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from orchestrator.announcements.handlers import InvestorHandler
+from orchestrator.apps.announcements.handlers import InvestorHandler
 from orchestrator.worker import run_batch_worker
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from orchestrator.announcements.handlers import UploadHandler
+from orchestrator.apps.announcements.handlers import UploadHandler
 from orchestrator.worker import run_batch_worker
 
 

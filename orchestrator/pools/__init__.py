@@ -74,8 +74,10 @@ from orchestrator.pools.decisions import (
     linger_time,
     plan_workers,
 )
-from orchestrator.pools.launcher import launcher_main
-from orchestrator.pools.model import (
+from orchestrator.pools.forker import launcher_main
+from orchestrator.pools.killable import MAX_START_FAILURES, KillablePool
+from orchestrator.pools.poolchild import describe_exception
+from orchestrator.pools.pooltypes import (
     RETAIN_MEMORY_ENV,
     SINGLE_THREAD_ENV,
     WORKER_ENV,
@@ -87,9 +89,7 @@ from orchestrator.pools.model import (
     Task,
     default_pool_size,
 )
-from orchestrator.pools.pool import MAX_START_FAILURES, KillablePool
 from orchestrator.pools.probes import STALL_CPU_FRACTION
-from orchestrator.pools.worker import describe_exception
 
 __all__ = [
     "MAX_LINGER_S",

@@ -13,7 +13,7 @@ import contextlib
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from orchestrator.pools.records import Assigned, Batch, Worker, WorkerState
+from orchestrator.pools.records import Assigned, PoolRun, Worker, WorkerState
 
 __all__ = ["assign", "dispatch", "requeue", "revoke_queued"]
 
@@ -21,7 +21,7 @@ Lost = Callable[[Worker], None]
 
 
 def dispatch(
-    batch: Batch, live: Sequence[Worker], slots: int, max_depth: int, now: float, lost: Lost
+    batch: PoolRun, live: Sequence[Worker], slots: int, max_depth: int, now: float, lost: Lost
 ) -> None:
     """Idle workers get a first task while fewer than ``slots`` hold
     some; then every running, unstalled worker is topped up, breadth
@@ -43,7 +43,7 @@ def dispatch(
                 assign(worker, batch, depth - len(worker.inflight), now, lost)
 
 
-def assign(worker: Worker, batch: Batch, n: int, now: float, lost: Lost) -> None:
+def assign(worker: Worker, batch: PoolRun, n: int, now: float, lost: Lost) -> None:
     """Send up to ``n`` pending tasks (and the batch context, once) to ``worker``."""
     items: list[Assigned] = []
     while batch.pending and len(items) < n:
@@ -70,7 +70,7 @@ def assign(worker: Worker, batch: Batch, n: int, now: float, lost: Lost) -> None
     worker.inflight.extend(items)
 
 
-def revoke_queued(worker: Worker, batch: Batch | None) -> None:
+def revoke_queued(worker: Worker, batch: PoolRun | None) -> None:
     """A stalled worker's queued tasks go back to the queue, and it is
     told to drop them. Should it resume and start one before it reads
     that, the task runs twice; the first outcome counts."""
@@ -83,7 +83,7 @@ def revoke_queued(worker: Worker, batch: Batch | None) -> None:
         batch.pending.extendleft(reversed(followers))
 
 
-def requeue(worker: Worker, batch: Batch | None) -> None:
+def requeue(worker: Worker, batch: PoolRun | None) -> None:
     """Everything ``worker`` held goes back to the front of the queue."""
     if batch is not None:
         batch.pending.extendleft(reversed(worker.inflight))

@@ -2,7 +2,7 @@
 
 A ``Worker`` is a forked process as the parent sees it: its socket, its
 state, the tasks it holds (``inflight``, the running one first) and what
-the stall probe last measured. A ``Batch`` is one ``run``: the tasks not yet
+the stall probe last measured. A ``PoolRun`` is one ``run``: the tasks not yet
 given out (``pending``), the outcomes not yet yielded, and which tasks are
 done (a task taken back from a stalled worker may run twice; its first
 outcome counts).
@@ -16,10 +16,10 @@ from enum import StrEnum
 
 import psutil
 
-from orchestrator.pools.channel import Channel
-from orchestrator.pools.model import Outcome, OutcomeKind, Task
+from orchestrator.pools.pooltypes import Outcome, OutcomeKind, Task
+from orchestrator.pools.wire import Channel
 
-__all__ = ["Assigned", "Batch", "Worker", "WorkerState"]
+__all__ = ["Assigned", "PoolRun", "Worker", "WorkerState"]
 
 
 class WorkerState(StrEnum):
@@ -62,7 +62,7 @@ class Worker:
 
 
 @dataclass(slots=True, eq=False)
-class Batch:
+class PoolRun:
     id: int
     context_blob: bytes
     pending: deque[Assigned]

@@ -5,7 +5,7 @@ import os
 import sys
 from pathlib import Path
 
-import pathmod  # only on PYTHONPATH, set by the queue's env
+import pathmod  # type: ignore[import-not-found]  # only on PYTHONPATH, set by the queue's env
 
 out = Path(os.environ["TEST_OUT"])
 out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,86 @@
+"""The seam between the orchestrator core and the apps that run on it.
+
+The core (config, spawner, reaper, queues, worker runtime, process trees,
+pools, CLI) knows no app by name. An app, the shipped ones under
+``orchestrator/apps/`` or anyone's, is an ``App`` named under the entry
+point group ``orchestrator.apps`` of its distribution::
+
+    [project.entry-points."orchestrator.apps"]
+    scanner = "orchestrator.apps.scanner.scanner_app:APP"
+
+and brings what it adds to the orchestrator:
+
+- ``sections``: top-level keys of ``config/workers.yaml`` it owns, each with
+  the parser that validates it (``validate.Section`` in, a frozen dataclass
+  out), so ``orchestrator check`` refuses a typo anywhere in the file;
+- ``commands``: a function returning its click commands, added to the
+  ``orchestrator`` command line (called only by the CLI, so loading a config
+  imports no command code);
+- ``status``: figures it publishes in Redis, which ``orchestrator status``
+  prints (and shows under their key with ``--json``).
+
+An app module must import nothing heavy at import time: a worker loading
+its config loads every app's sections.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+from orchestrator.validate import Section
+
+GROUP = "orchestrator.apps"
+
+SectionParser = Callable[[Section], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class StatusFigures:
+    """Figures an app's workers publish, as ``orchestrator status`` shows them."""
+
+    key: str  # their key in ``orchestrator status --json`` ("scanners")
+    read: Callable[[Any], list[dict[str, Any]]]  # redis.Redis -> one record per worker
+    line: Callable[[Mapping[str, Any]], str]  # one record as a line of ``status``
+
+
+def _no_commands() -> Sequence[Any]:
+    return ()
+
+
+@dataclass(frozen=True, slots=True)
+class App:
+    name: str
+    sections: Mapping[str, SectionParser] = field(default_factory=dict)
+    commands: Callable[[], Sequence[Any]] = _no_commands  # -> click commands
+    status: Sequence[StatusFigures] = ()
+
+
+@functools.cache
+def apps() -> tuple[App, ...]:
+    """Every installed app, by entry point name."""
+    found: list[App] = []
+    for point in sorted(entry_points(group=GROUP), key=lambda p: p.name):
+        app = point.load()
+        if not isinstance(app, App):
+            raise TypeError(f"entry point {point.name} = {point.value} is not a plugins.App")
+        found.append(app)
+    return tuple(found)
+
+
+def section_parsers() -> dict[str, SectionParser]:
+    """Top-level config keys the apps own, with their parsers."""
+    parsers: dict[str, SectionParser] = {}
+    for app in apps():
+        for key, parse in app.sections.items():
+            if key in parsers:
+                raise ValueError(f"config section {key!r} is claimed by two apps")
+            parsers[key] = parse
+    return parsers
+
+
+def status_figures() -> list[StatusFigures]:
+    return [figures for app in apps() for figures in app.status]

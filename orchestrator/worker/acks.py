@@ -1,0 +1,85 @@
+"""What becomes of a worker's jobs, written back to Redis in one MULTI/EXEC.
+
+A job that succeeded is acknowledged, and its result added to the ``then``
+stream, in the same transaction, so a crash can neither lose nor duplicate
+the hand-off. A job that can never run, or ran out of attempts, goes to
+the dead-letter stream, acknowledged in the same transaction too. With the
+first acknowledgement the worker marks ``orch:done:<consumer>``: it has
+completed work, so its exit is no sign of a crash loop (the spawner reads
+and deletes the mark when the worker is gone).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+from loguru import logger
+
+from orchestrator import codec, keys
+from orchestrator.deadletters import dead_letter_fields
+from orchestrator.worker.jobs import Job
+from orchestrator.worker.workerenv import Settings
+
+FLUSH_AFTER_S = 0.2  # results wait at most this long for their batch's ack
+DONE_MARK_SLACK_S = 600.0  # orch:done:<consumer> outlives the deadline by this
+
+
+def mark_done(pipe: redis.client.Pipeline, settings: Settings) -> None:
+    """Queue ``orch:done:<consumer>`` on ``pipe`` (see the module doc)."""
+    ttl_s = max(0.0, settings.deadline - time.time()) + DONE_MARK_SLACK_S
+    pipe.set(keys.worker_done(settings.consumer), 1, px=int(ttl_s * 1000))
+
+
+class Acks:
+    """The outcomes of one worker's jobs, until they are flushed."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.client = client
+        self.s = settings
+        self.acks: list[str] = []
+        self.forwards: list[dict[str, Any]] = []
+        self.dead_letters: list[dict[bytes, bytes]] = []
+        self.first_at = 0.0
+        self.processed = 0  # jobs acknowledged as done
+        self.reported = False  # orch:done:<consumer> is set
+
+    def ack(self, job: Job, result: dict[str, Any] | None, *, now: bool = False) -> None:
+        """``job`` succeeded; flushed when ``now`` or the batch is old enough."""
+        self._note()
+        self.acks.append(job.id)
+        if result is not None and self.s.then:
+            self.forwards.append(result)
+        self.processed += 1
+        if now or time.monotonic() - self.first_at >= FLUSH_AFTER_S:
+            self.flush()
+
+    def dead(self, job: Job, error: str) -> None:
+        self._note()
+        self.acks.append(job.id)
+        self.dead_letters.append(dead_letter_fields(job.fields, error, job.attempts, job.id))
+        logger.warning(f"{self.s.worker_id}: job {job.id} dead-lettered: {error}")
+
+    def _note(self) -> None:
+        if not self.acks:
+            self.first_at = time.monotonic()
+
+    def flush(self, clear_in_hand: bool = False) -> None:
+        if not self.acks and not clear_in_hand:
+            return
+        pipe = self.client.pipeline(transaction=True)
+        if clear_in_hand:
+            pipe.delete(keys.in_hand(self.s.consumer))
+        for result in self.forwards:
+            pipe.xadd(self.s.then or "", {codec.PAYLOAD: codec.encode_payload(result)})
+        for fields in self.dead_letters:
+            pipe.xadd(keys.dead_stream(self.s.stream), fields)  # type: ignore[arg-type]
+        if self.acks:
+            pipe.xack(self.s.stream, self.s.group, *self.acks)
+            if not self.reported:
+                mark_done(pipe, self.s)
+        pipe.execute()
+        if self.acks:
+            self.reported = True
+        self.acks, self.forwards, self.dead_letters = [], [], []

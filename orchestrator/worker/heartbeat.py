@@ -1,0 +1,81 @@
+"""A worker's heartbeat: ``orch:worker:<consumer>``, beaten from a thread.
+
+It holds the worker's pid and the Redis client id of its reading
+connection (so the spawner can cut a blocking read short with ``CLIENT
+UNBLOCK`` when it hands the worker recovered entries), the jobs in hand,
+and whether the worker gives its slot up on SIGUSR1. It lives
+``HEARTBEAT_TTL_S`` unless renewed, and is deleted on a clean exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from orchestrator import keys
+from orchestrator.connections import connect
+from orchestrator.worker.jobs import Job
+from orchestrator.worker.workerenv import Settings
+
+HEARTBEAT_INTERVAL_S = 2.0
+HEARTBEAT_TTL_S = 10.0
+
+
+class Heartbeat:
+    """``orch:worker:<consumer>``: pid, client id, current jobs; TTL'd."""
+
+    def __init__(self, settings: Settings, client_id: int, *, yields: bool = False) -> None:
+        """``yields``: the process stops after its job in hand on SIGUSR1, so
+        the spawner may ask it to give its slot to another queue."""
+        self.s = settings
+        self.client: redis.Redis | None = None  # made by the thread: not on the start-up path
+        self.key = keys.worker_heartbeat(settings.consumer)
+        self.info: dict[str, Any] = {
+            "pid": os.getpid(),
+            "client_id": client_id,
+            "queue": settings.queue,
+            "worker_id": settings.worker_id,
+            "host": settings.host,
+            "started_at": time.time(),
+            "yields": yields,
+        }
+        self.jobs: Sequence[Job] = ()  # in hand; read by the heartbeat thread
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="orch-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        """Beat now and every ``HEARTBEAT_INTERVAL_S``, from a thread."""
+        self._thread.start()
+
+    def _connection(self) -> redis.Redis:
+        if self.client is None:
+            self.client = connect(self.s.redis_url, timeout_s=5.0, fail_fast=False)
+        return self.client
+
+    def beat(self) -> None:
+        self.info["at"] = time.time()
+        self.info["jobs"] = [job.id for job in self.jobs]
+        payload = json.dumps(self.info)
+        self._connection().set(self.key, payload, px=int(HEARTBEAT_TTL_S * 1000))
+
+    def _run(self) -> None:
+        while True:
+            with contextlib.suppress(redis.RedisError):  # the main loop notices outages
+                self.beat()
+            if self._stop.wait(HEARTBEAT_INTERVAL_S):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2.0)
+        with contextlib.suppress(redis.RedisError):
+            self._connection().delete(self.key)
+        self._connection().close()

@@ -1,0 +1,380 @@
+"""The read-handle-acknowledge loop of one worker process.
+
+Its own pending entries first (work handed to it, or its own failures),
+then new ones: a ``run_worker`` worker reads ahead only what it expects to
+start within ``PREFETCH_WINDOW_S`` (its recent time per job; at first one
+entry), so slow jobs spread over the workers; a batch handler gets up to
+``batch_size`` entries at once. An entry is acknowledged only after its
+handler succeeded (``acks``). A handler exception is a failed attempt: the
+entry stays pending and is retried, until the delivery count (Redis' own,
+so crashes count too) reaches ``max_attempts`` and it is dead-lettered.
+``Unavailable`` (or a Redis error out of the handler) gives the jobs back
+uncounted and exits ``EX_TEMPFAIL``; ``Interrupted`` gives the job back
+uncounted and exits 0; a failure of the runtime's own code gives every
+entry back uncounted and exits ``EX_SOFTWARE``.
+
+Crashes are charged to the job that caused them: entries delivered before
+(suspects) run under an in-hand marker (``orch:inhand:<consumer>``) that
+the reaper reads when the worker dies; see ``lua/park.lua``.
+
+The worker exits 0 after ``idle_timeout`` without work, stops taking work
+before its ``ORCH_DEADLINE``, and on SIGTERM, SIGINT or SIGUSR1 finishes
+the job in hand, acknowledges, and exits 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from loguru import logger
+
+from orchestrator import codec, keys
+from orchestrator.connections import connect
+from orchestrator.worker.acks import Acks
+from orchestrator.worker.heartbeat import Heartbeat
+from orchestrator.worker.jobs import (
+    EX_OK,
+    EX_SOFTWARE,
+    EX_TEMPFAIL,
+    BatchHandler,
+    Handler,
+    Interrupted,
+    Job,
+    Unavailable,
+)
+from orchestrator.worker.workerenv import Settings
+
+# A ``run_worker`` worker reads ahead only the entries it expects to start
+# within this window, judging by its recent time per job (at first: one
+# entry). Slow jobs are therefore never read ahead, and N jobs on M idle
+# workers start min(N, M) at once; tiny jobs are still read up to
+# ``batch_size`` at a time. (A batch handler starts all it reads at once.)
+PREFETCH_WINDOW_S = 0.02
+OWN_CHECK_INTERVAL_S = 1.0  # re-read our own pending entries at least this often
+# SIGTERM and SIGINT stop a worker after the job in hand; so does SIGUSR1,
+# the spawner's request to give the worker's slot to another queue.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+
+
+class _StopWaiting(Exception):
+    """Raised by the stop signal handler out of a blocking read."""
+
+
+class WorkerRuntime:
+    """The read-handle-acknowledge loop of one worker process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        handle_batch: BatchHandler,
+        client: redis.Redis | None = None,
+        *,
+        handle_one: Handler | None = None,
+    ) -> None:
+        """``handle_one``: the per-job handler behind ``handle_batch``, if
+        there is one; jobs are then run one at a time, and a stop request
+        between two of them leaves the rest pending for the next worker."""
+        self.s = settings
+        self.handle_batch = handle_batch
+        self.handle_one = handle_one
+        self.client = client or connect(
+            settings.redis_url,
+            timeout_s=max(settings.idle_timeout_s, 5.0) + 10.0,
+            connect_timeout_s=5.0,
+            decode=True,  # by hiredis, in C; bytes that are not UTF-8 survive (codec)
+            single_connection=True,  # CLIENT UNBLOCK must reach *this* connection
+            fail_fast=False,
+        )
+        self.acks = Acks(self.client, settings)
+        self.stopping = False
+        self.failed = 0
+        self.started = time.monotonic()
+        self.last_work = time.monotonic()
+        self.avg_job_s = 0.0
+        self.heartbeat: Heartbeat | None = None
+        self.waiting = False  # in a blocking read for new entries
+        self.check_own = True  # read our own pending entries before new ones
+        self.own_checked_at = 0.0
+
+    def request_stop(self, *_: object) -> None:
+        """SIGTERM/SIGINT: finish the job in hand; cut a wait for work short."""
+        self.stopping = True
+        if self.waiting:  # Python would otherwise resume the blocking read
+            raise _StopWaiting
+
+    def run(self) -> int:
+        """Serve until idle, deadline or SIGTERM; returns the exit code."""
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self.request_stop)
+        try:
+            client_id = int(self.client.client_id())
+            self.heartbeat = Heartbeat(self.s, client_id, yields=True)
+            self.heartbeat.start()
+            return self._loop()
+        except Interrupted as exc:
+            logger.info(f"{self.s.worker_id}: stopped mid-job ({exc}); the job goes back")
+            return EX_OK
+        except Unavailable as exc:
+            logger.warning(f"{self.s.worker_id}: dependency unavailable: {exc}; exiting")
+            return EX_TEMPFAIL
+        except REDIS_DOWN as exc:
+            logger.error(f"{self.s.worker_id}: Redis unavailable: {exc}; exiting")
+            return EX_TEMPFAIL
+        except Exception:  # the runtime's own failure, not a handler's: charge no job
+            logger.exception(f"{self.s.worker_id}: runtime failure; its entries go back uncounted")
+            with contextlib.suppress(redis.RedisError):
+                self._release()
+            return EX_SOFTWARE
+        finally:
+            if self.heartbeat is not None:
+                self.heartbeat.stop()
+
+    def _loop(self) -> int:
+        while not self.stopping:
+            if self._deadline_near():
+                logger.info(f"{self.s.worker_id}: max_runtime near, taking no more work")
+                break
+            jobs = self._read()
+            if jobs:
+                self.last_work = time.monotonic()
+                self._process(jobs)
+            elif time.monotonic() - self.last_work >= self.s.idle_timeout_s:
+                break
+        logger.info(
+            f"{self.s.worker_id}: exiting after {time.monotonic() - self.started:.1f}s, "
+            f"{self.acks.processed} done, {self.failed} failed"
+        )
+        return EX_OK
+
+    def _deadline_near(self) -> bool:
+        margin = max(0.5, 1.5 * self.avg_job_s)
+        return time.time() + margin >= self.s.deadline
+
+    def _read(self) -> list[Job]:
+        """Own pending entries first (with their delivery counts), then new.
+
+        Our own pending list can only gain entries at start, after a failed
+        attempt, or when the spawner hands us recovered work (it then cuts
+        our blocking read short). So it is read then, and at least every
+        ``OWN_CHECK_INTERVAL_S``, not before every batch.
+        """
+        s = self.s
+        now = time.monotonic()
+        if self.check_own or now - self.own_checked_at >= OWN_CHECK_INTERVAL_S:
+            self.own_checked_at = now
+            reply = self.client.xreadgroup(s.group, s.consumer, {s.stream: "0"}, count=s.batch_size)
+            entries = _entries(reply)
+            self.check_own = bool(entries)
+            if entries:
+                counts = self._delivery_counts([e[0] for e in entries])
+                return [Job(i, f, counts.get(i, 1)) for i, f in entries]
+        block_s = min(
+            s.idle_timeout_s - (time.monotonic() - self.last_work),
+            s.deadline - time.time() - max(0.5, 1.5 * self.avg_job_s),
+        )
+        if block_s <= 0:
+            return []
+        reply = self._wait_for_new(max(1, int(block_s * 1000)), self.read_size())
+        jobs = [Job(i, f, 1) for i, f in _entries(reply)]
+        self.check_own = not jobs  # timed out or woken: maybe we were handed work
+        return jobs
+
+    def read_size(self) -> int:
+        """How many new entries to read. A batch handler starts its whole
+        batch at once: ``batch_size``. Jobs run one by one: only those that
+        will start within the prefetch window, at first one."""
+        if self.handle_one is None:
+            return self.s.batch_size
+        if self.avg_job_s <= 0.0:
+            return 1
+        return max(1, min(self.s.batch_size, int(PREFETCH_WINDOW_S / self.avg_job_s)))
+
+    def _wait_for_new(self, block_ms: int, count: int) -> Any:
+        """XREADGROUP '>' that a stop signal interrupts (the reply is dropped:
+        anything Redis delivered meanwhile stays pending on us and is passed
+        on by the spawner with its count, which the in-hand marker says was
+        never an attempt)."""
+        s = self.s
+        self.waiting = True
+        try:
+            if self.stopping:
+                return None
+            return self.client.xreadgroup(
+                s.group, s.consumer, {s.stream: ">"}, count=count, block=block_ms
+            )
+        except _StopWaiting:
+            self.client.connection.disconnect()  # type: ignore[union-attr]
+            with contextlib.suppress(redis.RedisError):
+                self._release()  # what Redis delivered meanwhile was never started
+            return None
+        finally:
+            self.waiting = False
+
+    def _delivery_counts(self, ids: Sequence[str]) -> dict[str, int]:
+        rows = self.client.xpending_range(
+            self.s.stream,
+            self.s.group,
+            min=ids[0],
+            max=ids[-1],
+            count=len(ids) * 2,
+            consumername=self.s.consumer,
+        )
+        return {str(r["message_id"]): int(r["times_delivered"]) for r in rows}
+
+    def _process(self, jobs: list[Job]) -> None:
+        acks = self.acks
+        ready: list[Job] = []
+        for job in jobs:
+            if not job.fields:  # deleted from the stream while pending
+                acks.ack(job, None)
+            elif (problem := _decode(job)) is not None:
+                acks.dead(job, problem)
+            else:
+                ready.append(job)
+        acks.flush()
+        units = self._units(ready)
+        for i, (unit, suspect) in enumerate(units):
+            if i and (self.stopping or self._deadline_near()):
+                self._release()  # the rest goes back uncounted, via the spawner
+                break
+            if suspect:
+                self.client.set(keys.in_hand(self.s.consumer), " ".join(j.id for j in unit))
+                self._run_handler(unit)
+                acks.flush(clear_in_hand=True)
+            elif not self._run_fresh(unit):
+                self._release()
+                break
+        acks.flush()
+
+    def _units(self, jobs: list[Job]) -> list[tuple[list[Job], bool]]:
+        """Suspects first, each marked in hand; then the fresh entries.
+
+        A suspect was delivered before (a retry, or recovered from a dead
+        worker). Running suspects under an in-hand marker lets the reaper
+        tell which entry a crash was running, so only that one is charged.
+        """
+        always = self.s.max_attempts == 1
+        suspects = [j for j in jobs if always or j.attempts > 1]
+        fresh = [j for j in jobs if not (always or j.attempts > 1)]
+        units = [([j], True) for j in suspects] if self.handle_one else [(suspects, True)]
+        return [(u, flag) for u, flag in (*units, (fresh, False)) if u]
+
+    def _run_fresh(self, jobs: list[Job]) -> bool:
+        """Fresh jobs: in one batch call, or one by one through ``handle_one``
+        (the hot path of most workers, kept lean), stopping between two jobs
+        when asked to; False if some were left unstarted."""
+        handle = self.handle_one
+        if handle is None:
+            self._run_handler(jobs)
+            return True
+        heartbeat, started, done = self.heartbeat, time.monotonic(), 0
+        try:
+            for job in jobs:
+                if done and (self.stopping or self._deadline_near()):
+                    return False
+                if heartbeat is not None:
+                    heartbeat.jobs = (job,)
+                done += 1
+                try:
+                    result = handle(job.data)
+                except (Unavailable, Interrupted):
+                    self._release()  # none of the deliveries this worker holds counts
+                    raise
+                except REDIS_DOWN as exc:  # a Redis the handler uses is down
+                    self._release()
+                    raise Unavailable(f"Redis: {exc}") from exc
+                except Exception as exc:
+                    self._failed([job], exc)
+                else:
+                    self.acks.ack(job, result, now=self.stopping)
+        finally:
+            if heartbeat is not None:
+                heartbeat.jobs = ()
+            self._timed(time.monotonic() - started, done)
+        return True
+
+    def _timed(self, elapsed_s: float, jobs: int) -> None:
+        """Keep the average job time that sets the deadline margin."""
+        if jobs:
+            per_job = elapsed_s / jobs
+            first = self.avg_job_s == 0.0
+            self.avg_job_s = per_job if first else 0.8 * self.avg_job_s + 0.2 * per_job
+
+    def _release(self) -> None:
+        """Stopping with entries read but not started: none was attempted."""
+        self.client.set(keys.in_hand(self.s.consumer), "")
+
+    def _run_handler(self, jobs: list[Job]) -> None:
+        started = time.monotonic()
+        if self.heartbeat is not None:
+            self.heartbeat.jobs = jobs
+        try:
+            results = self.handle_batch(jobs)
+        except (Unavailable, Interrupted):
+            self._release()  # none of the deliveries this worker holds counts
+            raise
+        except REDIS_DOWN as exc:  # a Redis the handler uses is down
+            self._release()
+            raise Unavailable(f"Redis: {exc}") from exc
+        except Exception as exc:
+            self._failed(jobs, exc)
+            return
+        finally:
+            if self.heartbeat is not None:
+                self.heartbeat.jobs = ()
+        self._timed(time.monotonic() - started, len(jobs))
+        for job, result in zip(jobs, results, strict=True):
+            if isinstance(result, Exception):  # a batch handler failing one item
+                self._failed([job], result)
+            else:
+                self.acks.ack(job, result, now=self.stopping)
+
+    def _failed(self, jobs: list[Job], exc: Exception) -> None:
+        """A failed attempt; dead-lettered when it was the last, or permanent.
+
+        An exception with a true ``permanent`` attribute (``PoisonJob``, or
+        any error class of a handler's own that says so) can never succeed,
+        so its job goes to the dead-letter stream at once.
+        """
+        error = f"{type(exc).__name__}: {exc}"
+        permanent = bool(getattr(exc, "permanent", False))
+        self.failed += len(jobs)
+        self.check_own = not permanent  # the retry waits in our own pending list
+        for job in jobs:
+            if permanent or job.attempts >= self.s.max_attempts:
+                self.acks.dead(job, error)
+            else:
+                logger.warning(
+                    f"{self.s.worker_id}: job {job.id} failed (attempt {job.attempts}/"
+                    f"{self.s.max_attempts}), will retry: {error}"
+                )
+        if not permanent and any(job.attempts < self.s.max_attempts for job in jobs):
+            time.sleep(min(2.0, 0.05 * 2 ** max(j.attempts for j in jobs)))  # retry backoff
+
+
+def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
+    out: list[tuple[str, dict[str, str]]] = []
+    items = reply.items() if isinstance(reply, dict) else (reply or [])
+    for item in items:
+        for entry_id, fields in item[1]:
+            out.append((entry_id, fields or {}))
+    return out
+
+
+def _decode(job: Job) -> str | None:
+    """Fill ``job.data``; the reason it can never be handled, if any."""
+    raw = job.fields.get(codec.PAYLOAD)
+    if raw is None:
+        job.data = dict(job.fields)
+        return None
+    try:
+        job.data = codec.decode_payload(raw)
+    except codec.BadPayload as exc:
+        return str(exc)
+    return None

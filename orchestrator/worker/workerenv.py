@@ -1,0 +1,125 @@
+"""The ORCH_* environment: what the spawner sets and what a worker reads.
+
+One module for both sides, so each variable's name and meaning live once:
+``worker_env`` (the launcher) writes the variables of SPEC.md over the
+spawner's own environment, and ``Settings.from_env`` (the worker) reads
+them back. A worker started by hand needs only ``ORCH_QUEUE``,
+``ORCH_REDIS_URL`` and ``ORCH_STREAM``; the rest then take the config's
+queue defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orchestrator.config import Config, QueueConfig
+
+REQUIRED = ("ORCH_QUEUE", "ORCH_REDIS_URL", "ORCH_STREAM")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The worker's environment, as set by the spawner (see SPEC.md)."""
+
+    redis_url: str  # ORCH_REDIS_URL
+    queue: str  # ORCH_QUEUE
+    worker_id: str  # ORCH_WORKER_ID
+    stream: str  # ORCH_STREAM
+    group: str  # ORCH_GROUP
+    consumer: str  # ORCH_CONSUMER: "<host>/<worker id>"
+    deadline: float  # ORCH_DEADLINE: epoch seconds of max_runtime
+    idle_timeout_s: float  # ORCH_IDLE_TIMEOUT
+    max_attempts: int  # ORCH_MAX_ATTEMPTS
+    then: str | None  # ORCH_THEN: the stream results go to
+    batch_size: int = 100  # ORCH_BATCH_SIZE
+    host: str = ""  # ORCH_HOST
+    spawner_pid: int | None = None  # ORCH_SPAWNER_PID
+    config_path: str | None = None  # ORCH_CONFIG
+    rq_serializer: str = "json"  # ORCH_RQ_SERIALIZER
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        e = os.environ if env is None else env
+        missing = [k for k in REQUIRED if not e.get(k)]
+        if missing:
+            raise SystemExit(
+                f"not started by the orchestrator: {', '.join(missing)} missing; "
+                "run it through 'orchestrator run' (or set the ORCH_* variables)"
+            )
+        d = _queue_defaults() if any(not e.get(k) for k in _DEFAULTED) else None
+        worker_id = e.get("ORCH_WORKER_ID") or f"{e['ORCH_QUEUE']}_{os.getpid()}"
+        return cls(
+            redis_url=e["ORCH_REDIS_URL"],
+            queue=e["ORCH_QUEUE"],
+            worker_id=worker_id,
+            stream=e["ORCH_STREAM"],
+            group=e.get("ORCH_GROUP") or _default(d, "group"),
+            consumer=e.get("ORCH_CONSUMER") or worker_id,
+            deadline=float(e.get("ORCH_DEADLINE") or time.time() + _default(d, "max_runtime_s")),
+            idle_timeout_s=float(e.get("ORCH_IDLE_TIMEOUT") or _default(d, "idle_timeout_s")),
+            max_attempts=int(e.get("ORCH_MAX_ATTEMPTS") or _default(d, "max_attempts")),
+            then=e.get("ORCH_THEN") or None,
+            batch_size=int(e.get("ORCH_BATCH_SIZE") or _default(d, "batch_size")),
+            host=e.get("ORCH_HOST", ""),
+            spawner_pid=int(e["ORCH_SPAWNER_PID"]) if e.get("ORCH_SPAWNER_PID") else None,
+            config_path=e.get("ORCH_CONFIG") or None,
+            rq_serializer=e.get("ORCH_RQ_SERIALIZER") or _default(d, "serializer"),
+        )
+
+
+# Variables a spawned worker always has; only a worker started by hand
+# falls back to the config's queue defaults for them.
+_DEFAULTED = (
+    "ORCH_GROUP",
+    "ORCH_DEADLINE",
+    "ORCH_IDLE_TIMEOUT",
+    "ORCH_MAX_ATTEMPTS",
+    "ORCH_BATCH_SIZE",
+    "ORCH_RQ_SERIALIZER",
+)
+
+
+def _queue_defaults() -> QueueConfig:
+    from orchestrator.config import QueueConfig  # not on a spawned worker's path
+
+    return QueueConfig(name="", label="", argv=())
+
+
+def _default(defaults: QueueConfig | None, name: str) -> Any:
+    assert defaults is not None  # loaded whenever a variable is missing
+    return getattr(defaults, name)
+
+
+def worker_env(
+    config: Config, queue: QueueConfig, worker_id: str, consumer: str, deadline: float
+) -> dict[str, str]:
+    """The environment a worker starts with (SPEC.md), over the spawner's own."""
+    then = config.queues.get(queue.then) if queue.then else None
+    env = dict(os.environ)
+    env.update(queue.env)
+    env.update(
+        {
+            "ORCH_QUEUE": queue.name,
+            "ORCH_WORKER_ID": worker_id,
+            "ORCH_REDIS_URL": config.redis_url,
+            "ORCH_STREAM": queue.stream,
+            "ORCH_GROUP": queue.group,
+            "ORCH_CONSUMER": consumer,
+            "ORCH_DEADLINE": f"{deadline:.3f}",
+            "ORCH_IDLE_TIMEOUT": f"{queue.idle_timeout_s:g}",
+            "ORCH_MAX_ATTEMPTS": str(queue.max_attempts),
+            "ORCH_THEN": then.stream if then else "",
+            "ORCH_BATCH_SIZE": str(queue.batch_size),
+            "ORCH_HOST": config.spawner.host,
+            "ORCH_SPAWNER_PID": str(os.getpid()),
+            "ORCH_CONFIG": str(config.path or ""),
+            "ORCH_RQ_SERIALIZER": queue.serializer,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env

@@ -1,0 +1,264 @@
+"""The spawner's workers as processes: started, stopped, noticed when gone.
+
+``Workforce`` owns what a worker is on this host: its process (forked warm
+by the fork server or exec'd, see ``launcher``), its record (``fleet``),
+its lease in Redis (``leases``) and its place in the guard's list
+(``guard``). It starts the workers the spawner planned, stops them
+(SIGTERM, then SIGKILL of the whole tree after ``stop_grace``; a yield
+only asks), enforces ``max_runtime``, and reports each exit once, after
+reaping it and killing what it left behind. What an exit means for the
+queue (recovery, the crash-loop rule) is the spawner's to decide.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator import keys, procs, scaling
+from orchestrator.config import RQ_WORKER_ARGV, Backend, Config, QueueConfig
+from orchestrator.fleet import Fleet, StopReason, Worker
+from orchestrator.guard import Guard
+from orchestrator.launcher import Launcher
+from orchestrator.leases import Lease, LeaseBook, left_behind, process_create_time
+from orchestrator.messages import SpawnerLog
+from orchestrator.procs import ExitStatus
+from orchestrator.recovery import Recovered
+from orchestrator.worker.workerenv import worker_env
+
+YIELD_SIGNAL = signal.SIGUSR1  # the runtime's "finish the job in hand, then exit"
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """A worker to start: its id, consumer name and the parked entries handed to it."""
+
+    worker_id: str
+    consumer: str
+    handed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    worker: Worker
+    status: ExitStatus
+    runtime_s: float
+
+
+class Workforce:
+    def __init__(self, leases: LeaseBook, log: SpawnerLog, subreaper: bool) -> None:
+        self.fleet = Fleet()
+        self.leases = leases
+        self.log = log
+        self.launcher = Launcher(log.events, subreaper)
+        self.guard = Guard() if subreaper else None  # only ``orchestrator run`` keeps one
+        self.stop_grace_s = 10.0
+        self.strays_due = False  # a SIGCHLD came: orphans may have been re-parented to us
+
+    def open(self, config: Config) -> None:
+        self.stop_grace_s = config.spawner.stop_grace_s
+        self.launcher.open(config.spawner.fork_server, config.spawner.preload)
+        if self.guard is not None:
+            self.guard.start()
+
+    def close(self) -> None:
+        for w in self.fleet:  # only if the spawner is left by an exception
+            w.terminate(StopReason.SHUTDOWN, 0.0)
+            w.kill_tree()
+        self.launcher.close()
+        if self.guard is not None:
+            self.guard.close()
+
+    # -- starting -------------------------------------------------------------
+
+    def start(
+        self, config: Config, q: QueueConfig, planned: Sequence[Planned]
+    ) -> tuple[list[Worker], int]:
+        """Start the planned workers of ``q`` at once; they, and how many failed."""
+        now_wall = time.time()
+        deadline = now_wall + q.max_runtime_s
+        envs = [worker_env(config, q, p.worker_id, p.consumer, deadline) for p in planned]
+        launched = self.launcher.launch(q, envs, str(config.root))
+        workers, failed = [], 0
+        for plan, outcome in zip(planned, launched, strict=True):
+            if isinstance(outcome, OSError):
+                self.log.spawn_failed(q, outcome)
+                failed += 1
+                continue
+            pid, popen = outcome
+            create_time = process_create_time(pid, now_wall)
+            lease = Lease(
+                plan.worker_id, q.name, plan.consumer, pid, now_wall, deadline, create_time
+            )
+            workers.append(self._register(q, lease, popen, plan.handed))
+        return workers, failed
+
+    def _register(
+        self, q: QueueConfig, lease: Lease, popen: subprocess.Popen[bytes] | None, handed: int
+    ) -> Worker:
+        worker = Worker(lease=lease, popen=popen, started_mono=time.monotonic(), handed=handed)
+        self.fleet.add(worker)
+        self._guard(worker)
+        self.leases.record(lease)
+        self.log.spawned(worker, q, self.fleet.count(q.name))
+        return worker
+
+    def adopt(self, lease: Lease, q: QueueConfig) -> Worker:
+        """A worker of the previous spawner, still running: ours now (not our child)."""
+        started = time.monotonic() - (time.time() - lease.started_at)
+        worker = Worker(lease=lease, popen=None, started_mono=started, child=False)
+        self.fleet.add(worker)
+        self._guard(worker)
+        self.log.adopted(worker, q)
+        return worker
+
+    def adopt_previous(
+        self,
+        queues: Mapping[str, QueueConfig],
+        host: str,
+        recover: Callable[[QueueConfig, str, str], object],
+    ) -> None:
+        """The previous spawner's workers: those still running are adopted,
+        the work of the others goes to ``recover``; then what previous
+        workers left behind is killed."""
+        for lease in self.leases.read():
+            if lease.worker_id in self.fleet.workers:  # adopted by an attempt cut short
+                continue
+            q = queues.get(lease.queue)
+            if q is not None and lease.process_alive():
+                self.adopt(lease, q)
+                continue
+            if q is not None:
+                recover(q, lease.consumer, "worker lost: spawner restarted")
+            self.leases.drop(lease.worker_id)
+        self.kill_left_behind(host)
+
+    def kill_left_behind(self, host: str) -> None:
+        """Kill what previous workers of ``host`` left (see ``leases.left_behind``)."""
+        left = left_behind(host, self.fleet.consumers())
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if left:
+            self.log.left_behind(host, left)
+
+    def _guard(self, worker: Worker) -> None:
+        if self.guard is not None:
+            lease = worker.lease
+            self.guard.watch(lease.pid, lease.deadline, self.stop_grace_s, lease.consumer)
+
+    # -- stopping -------------------------------------------------------------
+
+    def terminate(self, worker: Worker, reason: StopReason, q: QueueConfig) -> bool:
+        """SIGTERM, and SIGKILL of the tree after ``stop_grace``; logged unless shutting down."""
+        if not worker.terminate(reason, self.stop_grace_s):
+            return False
+        if reason is not StopReason.SHUTDOWN:
+            self.log.terminating(worker, q, reason)
+        return True
+
+    def ask_to_yield(self, worker: Worker, q: QueueConfig, max_total: int) -> bool:
+        """Ask the worker to give its slot up after its job (SIGUSR1, no kill)."""
+        if not worker.terminate(StopReason.YIELD, 0.0, YIELD_SIGNAL):
+            return False
+        self.log.yielding(worker, q, max_total)
+        return True
+
+    def yieldable(self, q: QueueConfig, workers: list[Worker], client: Any) -> list[Worker]:
+        """Those of ``workers`` that say they give their slot up on SIGUSR1:
+        the runtime's (in their heartbeat), and RQ's default worker."""
+        if q.backend is Backend.RQ:
+            return workers if q.argv == RQ_WORKER_ARGV else []
+        beats = client.mget([keys.worker_heartbeat(w.lease.consumer) for w in workers])
+        return [w for w, b in zip(workers, beats, strict=True) if b and json.loads(b).get("yields")]
+
+    def hurry(self) -> None:
+        """A second stop request: no more grace for anyone."""
+        for w in self.fleet:
+            w.kill_at = time.monotonic()
+
+    # -- noticing -------------------------------------------------------------
+
+    def check(self, now: float, queue_of: Callable[[str], QueueConfig]) -> list[Exit]:
+        """Reap exits (each reported once), enforce ``max_runtime`` and kill
+        deadlines, kill strays; keep the fork server and the guard alive."""
+        wall = time.time()
+        exits = []
+        for w in self.fleet:
+            status = w.poll()
+            if status is not None:
+                exits.append(self._gone(w, status, now, queue_of(w.queue)))
+                continue
+            if w.stop_reason in (None, StopReason.YIELD) and wall >= w.lease.deadline:
+                self.terminate(w, StopReason.MAX_RUNTIME, queue_of(w.queue))
+            if w.kill_at is not None:
+                w.remember_tree()
+                if now >= w.kill_at:
+                    w.kill_tree()
+        if self.strays_due:
+            self.strays_due = False
+            keep = [w.pid for w in self.fleet]
+            if self.guard is not None and self.guard.pid is not None:
+                keep.append(self.guard.pid)
+            self.launcher.reap_strays(keep)
+        self.launcher.check_zygote()
+        self._check_guard()
+        return exits
+
+    def _gone(self, worker: Worker, status: ExitStatus, now: float, q: QueueConfig) -> Exit:
+        self.fleet.remove(worker.worker_id)
+        if self.guard is not None:
+            self.guard.forget(worker.pid)
+        leftovers = worker.kill_leftovers()
+        if not worker.child:  # adopted: its orphans went to init, not to us
+            leftovers += len(procs.kill_tagged(worker.lease.consumer))
+        runtime = worker.runtime_s(now)
+        self.log.exited(worker, status, q, runtime, leftovers, self.fleet.count(q.name))
+        return Exit(worker, status, runtime)
+
+    def _check_guard(self) -> None:
+        """A guard that died is started again and told of every worker."""
+        if self.guard is None or self.guard.alive():
+            return
+        self.log.guard_restarted()
+        self.guard.close()
+        self.guard.start()
+        for w in self.fleet:
+            self._guard(w)
+
+    def due(self, now: float, poll_interval_s: float) -> list[float]:
+        """When (monotonic) a worker needs a look without a signal."""
+        wall = time.time()
+        due = []
+        for w in self.fleet:
+            due.append(w.kill_at if w.kill_at is not None else now + (w.lease.deadline - wall))
+            if not w.child:  # adopted: no SIGCHLD for it, so poll
+                due.append(now + poll_interval_s)
+        return due
+
+
+START_FAILED = scaling.ExitFacts(
+    requested=False, code=None, completed=False, working=False, runtime_s=0.0, early_with_work=False
+)
+
+
+def exit_facts(
+    worker: Worker, status: ExitStatus, runtime_s: float, early: bool, recovered: Recovered | None
+) -> scaling.ExitFacts:
+    """What the crash-loop rule needs to know of an exit. When Redis could
+    not say what the worker did (an outage), it is taken to have worked."""
+    return scaling.ExitFacts(
+        requested=worker.stop_reason is not None,
+        code=status.code,
+        completed=recovered is None or recovered.done,
+        working=recovered is not None and (recovered.in_hand or recovered.held > worker.handed),
+        runtime_s=runtime_s,
+        early_with_work=early,
+    )
