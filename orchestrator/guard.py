@@ -19,7 +19,7 @@ exits when no worker is left, and at once after a clean stop.
 
 Protocol, one line per message from the spawner::
 
-    + <pid> <deadline epoch s> <stop_grace s> <consumer>
+    + <pid> <deadline epoch s> <stop_grace s> <Redis URL> <consumer>
     - <pid>
 
 The guard imports nothing of the orchestrator but ``procs``' scan of
@@ -48,6 +48,7 @@ class Guarded:
     started: int  # /proc start time, so a reused pid is not mistaken for the worker
     deadline: float  # epoch seconds
     grace_s: float
+    redis_url: str
     consumer: str
     terminated: bool = False
 
@@ -70,8 +71,10 @@ class Guard:
             close_fds=True,
         )
 
-    def watch(self, pid: int, deadline: float, grace_s: float, consumer: str) -> None:
-        self._send(f"+ {pid} {deadline:.3f} {grace_s:g} {consumer}\n")
+    def watch(
+        self, pid: int, deadline: float, grace_s: float, redis_url: str, consumer: str
+    ) -> None:
+        self._send(f"+ {pid} {deadline:.3f} {grace_s:g} {redis_url} {consumer}\n")
 
     def forget(self, pid: int) -> None:
         self._send(f"- {pid}\n")
@@ -109,12 +112,13 @@ class Guard:
 def _read_messages(buffer: bytes, guarded: dict[int, Guarded]) -> bytes:
     *lines, rest = buffer.split(b"\n")
     for line in lines:
-        parts = line.decode(errors="replace").split(" ", 4)
-        if parts[0] == "+" and len(parts) == 5:
+        parts = line.decode(errors="replace").split(" ", 5)
+        if parts[0] == "+" and len(parts) == 6:
             pid = int(parts[1])
             started = procs.start_ticks(pid)
             if started is not None:
-                guarded[pid] = Guarded(pid, started, float(parts[2]), float(parts[3]), parts[4])
+                deadline, grace_s, url, consumer = float(parts[2]), float(parts[3]), *parts[4:]
+                guarded[pid] = Guarded(pid, started, deadline, grace_s, url, consumer)
         elif parts[0] == "-" and len(parts) >= 2:
             guarded.pop(int(parts[1]), None)
     return rest
@@ -137,10 +141,10 @@ def _enforce(guarded: dict[int, Guarded]) -> None:
         now = time.time()
         for g in list(guarded.values()):
             if procs.start_ticks(g.pid) != g.started:  # exited (or pid reused)
-                procs.kill_tagged(g.consumer)
+                procs.kill_tagged(g.consumer, g.redis_url)
                 del guarded[g.pid]
             elif now >= g.deadline + g.grace_s:
-                procs.kill_tagged(g.consumer)
+                procs.kill_tagged(g.consumer, g.redis_url)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(g.pid, signal.SIGKILL)
                 del guarded[g.pid]

@@ -27,7 +27,7 @@ import psutil
 import redis
 
 from orchestrator import codec, keys
-from orchestrator.queues import load_lua
+from orchestrator.scripts import load_lua
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,9 +76,10 @@ class LeaseBook:
         return [Lease.from_json(text) for text in self.client.hvals(self.key)]
 
 
-def left_behind(host: str, adopted_consumers: set[str]) -> dict[int, str]:
-    """Processes tagged with this host's consumers (``ORCH_CONSUMER``) that
-    belong to no adopted worker: pid -> consumer."""
+def left_behind(host: str, redis_url: str, adopted_consumers: set[str]) -> dict[int, str]:
+    """Processes tagged with this host's consumers on this Redis
+    (``ORCH_CONSUMER``, ``ORCH_REDIS_URL``) that belong to no adopted worker:
+    pid -> consumer."""
     prefix = keys.consumer_name(host, "")
-    tagged = procs.tagged_processes(prefix)
+    tagged = procs.tagged_processes(prefix, redis_url)
     return {pid: c for pid, c in tagged.items() if c not in adopted_consumers}

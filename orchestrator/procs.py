@@ -193,13 +193,15 @@ def start_ticks(pid: int) -> int | None:
     return int(fields[19])
 
 
-def tagged_processes(prefix: str) -> dict[int, str]:
-    """Live processes whose ``ORCH_CONSUMER`` starts with ``prefix``: pid -> consumer.
+def tagged_processes(prefix: str, redis_url: str) -> dict[int, str]:
+    """Live processes whose ``ORCH_CONSUMER`` starts with ``prefix`` and whose
+    ``ORCH_REDIS_URL`` is ``redis_url`` (another orchestrator on this machine,
+    on another Redis, is none of ours): pid -> consumer.
 
     Reads every ``/proc/<pid>/environ`` (milliseconds on a busy host): for
     rare moments only, such as a spawner's start.
     """
-    needle = f"{TAG_VARIABLE}=".encode()
+    consumer_var, url = f"{TAG_VARIABLE}=".encode(), f"ORCH_REDIS_URL={redis_url}".encode()
     found: dict[int, str] = {}
     own = os.getpid()
     for entry in os.listdir("/proc"):
@@ -207,21 +209,21 @@ def tagged_processes(prefix: str) -> dict[int, str]:
             continue
         try:
             with open(f"/proc/{entry}/environ", "rb") as handle:
-                environ = handle.read()
+                environ = handle.read().split(b"\0")
         except OSError:
             continue
-        for item in environ.split(b"\0"):
-            if item.startswith(needle):
-                consumer = item[len(needle) :].decode(errors="replace")
-                if consumer.startswith(prefix) and start_ticks(int(entry)) is not None:
-                    found[int(entry)] = consumer
-                break
+        tags = [item[len(consumer_var) :] for item in environ if item.startswith(consumer_var)]
+        if tags and url in environ:
+            consumer = tags[0].decode(errors="replace")
+            if consumer.startswith(prefix) and start_ticks(int(entry)) is not None:
+                found[int(entry)] = consumer
     return found
 
 
-def kill_tagged(consumer: str) -> list[int]:
-    """SIGKILL every process tagged with exactly ``consumer``; their pids."""
-    pids = [pid for pid, c in tagged_processes(consumer).items() if c == consumer]
+def kill_tagged(consumer: str, redis_url: str) -> list[int]:
+    """SIGKILL every process tagged with exactly ``consumer`` (on ``redis_url``); their pids."""
+    tagged = tagged_processes(consumer, redis_url)
+    pids = [pid for pid, c in tagged.items() if c == consumer]
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -292,6 +294,32 @@ class SignalWakeup:
 
 def _ignore(signum: int, frame: object) -> None:
     """A Python-level handler must exist for the wakeup fd to be written."""
+
+
+_CLONE_PARENT = 0x00008000
+_SYS_CLONE = {"x86_64": 56, "aarch64": 220}.get(os.uname().machine)
+
+
+def fork_sibling() -> int | None:
+    """Fork a child that is our *parent's* child (``clone(CLONE_PARENT)``,
+    Linux): our parent gets its SIGCHLD, reaps it and is its only parent
+    from its first instruction, with one fork instead of two and no wait to
+    be re-parented. Python's own fork hooks run around it as for
+    ``os.fork``. Returns 0 in the child, the pid in the parent, or None
+    where the system cannot (then fork another way)."""
+    libc = _libc()
+    if _SYS_CLONE is None or libc is None or not hasattr(libc, "syscall"):
+        return None
+    api = ctypes.pythonapi
+    api.PyOS_BeforeFork()
+    pid = int(libc.syscall(_SYS_CLONE, _CLONE_PARENT | signal.SIGCHLD, 0, 0, 0, 0))
+    if pid == 0:
+        api.PyOS_AfterFork_Child()
+        return 0
+    api.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(ctypes.get_errno(), "clone(CLONE_PARENT) failed")
+    return pid
 
 
 def set_subreaper() -> bool:

@@ -17,23 +17,18 @@ import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 import redis
 
 from orchestrator import codec, keys
 from orchestrator.config import Backend, QueueConfig
+from orchestrator.scripts import load_lua
 from orchestrator.status import HostStatus, publish
 
 # Counting undelivered entries by XRANGE (Redis < 7, or lag unknown) stops
 # here: enough to size any queue's workers, cheap enough for every tick.
 LAG_COUNT_CAP = 10_000
-
-
-def load_lua(name: str, package: str = "orchestrator") -> str:
-    """The text of ``<package>/lua/<name>`` (the core's scripts by default)."""
-    return resources.files(package).joinpath("lua", name).read_text()
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,14 +206,12 @@ class StreamWatch:
     def ready(self) -> bool:
         return self.conn is not None and self.armed is not None and self.conn.can_read(0)
 
-    def fired(self) -> bool:
-        """Has the outstanding XREAD returned? Its reply is then read; a
-        Redis error drops the connection (the next arm reconnects) and rises."""
+    def fired(self) -> list[str]:
+        """The streams the outstanding XREAD returned for (none while it has
+        not); a Redis error drops the connection (the next arm reconnects)
+        and rises."""
         try:
-            if not self.ready():
-                return False
-            self.collect()
-            return True
+            return self.collect() if self.ready() else []
         except Exception:
             self.reset()
             raise

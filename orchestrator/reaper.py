@@ -32,7 +32,7 @@ import redis
 
 from orchestrator import codec, keys
 from orchestrator.config import Backend, Config, QueueConfig
-from orchestrator.queues import load_lua
+from orchestrator.scripts import load_lua
 
 PARKING_CONSUMER = f"{keys.PREFIX}parked"
 
@@ -89,8 +89,10 @@ class Reaper:
         reason: str,
         dry_run: bool = False,
         uncharged: bool = False,
+        to: str = PARKING_CONSUMER,
     ) -> ParkResult:
-        """Move everything pending on ``consumer`` to the parking consumer;
+        """Move everything pending on ``consumer`` to the parking consumer
+        (or straight to ``to``, the worker that takes over);
         ``uncharged``: none of its deliveries counts as an attempt."""
         parked, dead, deleted, done, in_hand = self._park(
             keys=[
@@ -102,7 +104,7 @@ class Reaper:
             args=[
                 queue.group,
                 consumer,
-                PARKING_CONSUMER,
+                to,
                 queue.max_attempts,
                 reason,
                 f"{time.time():.3f}",

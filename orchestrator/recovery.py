@@ -23,7 +23,7 @@ from orchestrator import keys
 from orchestrator.config import Backend, Config, QueueConfig
 from orchestrator.connections import REDIS_ERRORS, RedisHealth
 from orchestrator.logs import Events
-from orchestrator.reaper import Liveness, Reaper, classify
+from orchestrator.reaper import PARKING_CONSUMER, Liveness, Reaper, classify
 
 
 def entries_text(n: int) -> str:
@@ -51,15 +51,22 @@ class Recovery:
         self.deferred: list[tuple[QueueConfig, str, str, bool]] = []
 
     def recover(
-        self, q: QueueConfig, consumer: str, reason: str, uncharged: bool = False
+        self,
+        q: QueueConfig,
+        consumer: str,
+        reason: str,
+        uncharged: bool = False,
+        successor: str | None = None,
     ) -> Recovered | None:
         """Give ``consumer``'s work back; None when that must wait (Redis is
         down: retried later) or Redis refused. ``uncharged``: the worker left
-        for an outage (EX_TEMPFAIL), so none of its deliveries was an attempt."""
+        for an outage (EX_TEMPFAIL), so none of its deliveries was an attempt.
+        ``successor``: a stream consumer that is about to start, to which the
+        entries go straight (in the same call) instead of being parked."""
         try:
             if q.backend is Backend.RQ:
                 return self._requeue_rq(q, consumer, reason)
-            return self._park(q, consumer, reason, uncharged)
+            return self._park(q, consumer, reason, uncharged, successor)
         except REDIS_ERRORS as exc:
             self.deferred.append((q, consumer, reason, uncharged))
             self.health.failed(time.monotonic(), exc)
@@ -84,11 +91,16 @@ class Recovery:
             return {}
         given = self.reaper.hand_out(q, shares)
         if wake and given:
-            for raw in self.client.mget([keys.worker_heartbeat(c) for c in given]):
-                client_id = json.loads(raw).get("client_id") if raw else None
-                if isinstance(client_id, int):
-                    self.client.client_unblock(client_id)
+            self.wake(list(given))
         return given
+
+    def wake(self, consumers: list[str]) -> None:
+        """Cut live workers' blocking reads short (``CLIENT UNBLOCK`` of the
+        client id in their heartbeat), so they read what they were given."""
+        for raw in self.client.mget([keys.worker_heartbeat(c) for c in consumers]):
+            client_id = json.loads(raw).get("client_id") if raw else None
+            if isinstance(client_id, int):
+                self.client.client_unblock(client_id)
 
     def retry_deferred(self) -> None:
         """Run the recoveries an outage held back; stop at the first failure."""
@@ -99,8 +111,12 @@ class Recovery:
                 self.deferred.extend(todo[i + 1 :])
                 return
 
-    def _park(self, q: QueueConfig, consumer: str, reason: str, uncharged: bool) -> Recovered:
-        result = self.reaper.park(q, consumer, reason, uncharged=uncharged)
+    def _park(
+        self, q: QueueConfig, consumer: str, reason: str, uncharged: bool, to: str | None
+    ) -> Recovered:
+        result = self.reaper.park(
+            q, consumer, reason, uncharged=uncharged, to=to or PARKING_CONSUMER
+        )
         if result.parked:
             self.events.info(
                 "parked",

@@ -137,7 +137,8 @@ class WorkerSpawner:
         now = time.monotonic()
         for gone in self.workforce.check(now, self._queue_config):
             self._on_exit(gone, now)
-        if self._watch_fired():
+        if woken := self._watch_fired():
+            self._spawn_on_wake(woken, now)
             self.next_tick = min(self.next_tick, now)
         if now >= self.next_tick and self.health.available(now):
             self.tick(now)
@@ -305,13 +306,43 @@ class WorkerSpawner:
         }
         self.watch.arm(positions)
 
-    def _watch_fired(self) -> bool:
-        """Did a watched stream get an entry? (Redis errors: not now.)"""
+    def _watch_fired(self) -> list[str]:
+        """The watched streams that got an entry (Redis errors: none now)."""
         try:
             return self.watch.fired()
         except REDIS_ERRORS as exc:
             self.health.failed(time.monotonic(), exc)
-            return False
+            return []
+
+    def _spawn_on_wake(self, streams: list[str], now: float) -> None:
+        """A job arrived on a queue with room: start its worker now, straight
+        from the watch's reply; the tick that follows corrects the rest."""
+        if self.stopping or not self.memory.ok:
+            return
+        for state in self.queues.values():
+            room = len(self.fleet) < self.config.spawner.max_total_workers
+            if room and state.config.stream in streams and not state.retired:
+                backlog = max(1, self._facts(state.config.name, now).backlog)
+                if scaling.wanted_new(self._facts(state.config.name, now, backlog)) > 0:
+                    self._start(state.config, [0])
+
+    def _successor(self, q: QueueConfig, now: float) -> tuple[str, Worker | None] | None:
+        """Who takes a gone worker's entries at once (in the same call that
+        takes them from it): an idle live worker of the queue, else a worker
+        about to start, if the queue has room; None: they are parked."""
+        state = self.queues.get(q.name)
+        if state is None or state.retired or q.backend is not Backend.STREAM or self.stopping:
+            return None
+        idle = [w for w in self.fleet.of_queue(q.name) if w.stop_reason is None]
+        idle = [w for w in idle if state.holds(w) == 0]
+        if idle:
+            return idle[0].lease.consumer, idle[0]
+        facts = replace(self._facts(q.name, now, 1), cooling=0)
+        room = len(self.fleet) < self.config.spawner.max_total_workers and self.memory.ok
+        if not room or scaling.wanted_new(facts) <= 0:
+            return None
+        worker_id = self.fleet.new_worker_id(q.label.lower(), time.time())
+        return keys.consumer_name(self.host, worker_id), None
 
     # -- workers in and out ---------------------------------------------------
 
@@ -340,14 +371,37 @@ class WorkerSpawner:
             state and status.ok and state.gave_up_early(workers, gone.runtime_s, now, window_s)
         )
         tempfail = status.code == scaling.EX_TEMPFAIL  # Redis or a dependency was down
+        successor = self._successor(q, now)
         recovered = self.recovery.recover(
-            q, worker.lease.consumer, death_reason(worker, status, q), uncharged=tempfail
+            q,
+            worker.lease.consumer,
+            death_reason(worker, status, q),
+            uncharged=tempfail,
+            successor=successor[0] if successor else None,
         )
-        if state is not None and recovered is not None and recovered.handed_back:
+        handed = recovered.handed_back if recovered else 0
+        if state is not None and handed:
             state.stranded = True
         self._judge(q, exit_facts(worker, status, gone.runtime_s, early, recovered), now)
         self.workforce.leases.drop(worker.worker_id)
+        if successor and handed:
+            self._take_over(q, *successor, handed, now)
         self.next_tick = min(self.next_tick, now)
+
+    def _take_over(
+        self, q: QueueConfig, consumer: str, live: Worker | None, handed: int, now: float
+    ) -> None:
+        """The successor got the gone worker's entries: wake it, or start it
+        (unless a crash-loop backoff now holds the queue: then the entries
+        wait on its name until the next tick parks them)."""
+        if live is not None:
+            live.handed += handed
+            self.recovery.wake([consumer])
+        elif not self.queues[q.name].backoff.in_force(now):
+            planned = [Planned(keys.consumer_worker_id(consumer), consumer, handed)]
+            _, failed = self.workforce.start(self.config, q, planned)
+            for _ in range(failed):
+                self._judge(q, START_FAILED, time.monotonic())
 
     def _judge(self, q: QueueConfig, facts: scaling.ExitFacts, now: float) -> None:
         """The crash-loop rule on one exit; a backoff logged when it starts."""
@@ -412,6 +466,7 @@ class WorkerSpawner:
     def _apply_config(self, config: Config) -> None:
         self.config = config
         self.workforce.stop_grace_s = config.spawner.stop_grace_s
+        self.workforce.redis_url = config.redis_url
         apply_config(self.queues, config.queues)
         self.probe = TickProbe(self.client, self.host, (s.config for s in self.queues.values()))
         self.next_tick = 0.0

@@ -60,10 +60,10 @@ class Workforce:
         self.launcher = Launcher(log.events, subreaper)
         self.guard = Guard() if subreaper else None  # only ``orchestrator run`` keeps one
         self.stop_grace_s = 10.0
+        self.redis_url = ""  # the workers' ORCH_REDIS_URL, part of their tag
         self.strays_due = False  # a SIGCHLD came: orphans may have been re-parented to us
 
     def open(self, config: Config) -> None:
-        self.stop_grace_s = config.spawner.stop_grace_s
         self.launcher.open(config.spawner.fork_server, config.spawner.preload)
         if self.guard is not None:
             self.guard.start()
@@ -142,7 +142,7 @@ class Workforce:
 
     def kill_left_behind(self, host: str) -> None:
         """Kill what previous workers of ``host`` left (see ``leases.left_behind``)."""
-        left = left_behind(host, self.fleet.consumers())
+        left = left_behind(host, self.redis_url, self.fleet.consumers())
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -152,7 +152,8 @@ class Workforce:
     def _guard(self, worker: Worker) -> None:
         if self.guard is not None:
             lease = worker.lease
-            self.guard.watch(lease.pid, lease.deadline, self.stop_grace_s, lease.consumer)
+            grace_s = self.stop_grace_s
+            self.guard.watch(lease.pid, lease.deadline, grace_s, self.redis_url, lease.consumer)
 
     # -- stopping -------------------------------------------------------------
 
@@ -218,7 +219,7 @@ class Workforce:
             self.guard.forget(worker.pid)
         leftovers = worker.kill_leftovers()
         if not worker.child:  # adopted: its orphans went to init, not to us
-            leftovers += len(procs.kill_tagged(worker.lease.consumer))
+            leftovers += len(procs.kill_tagged(worker.lease.consumer, self.redis_url))
         runtime = worker.runtime_s(now)
         self.log.exited(worker, status, q, runtime, leftovers, self.fleet.count(q.name))
         return Exit(worker, status, runtime)

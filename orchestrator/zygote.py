@@ -4,13 +4,17 @@ Starting a Python worker costs a few hundred milliseconds, nearly all of it
 importing redis, loguru and the orchestrator. The spawner therefore keeps a
 *zygote*: a child process that has imported them once (plus
 ``spawner.preload``) and, for each ``script`` worker, forks a copy that runs
-the script with ``runpy`` — as ``python script.py`` would, but already warm.
+the script as ``__main__`` (compiled once per version of the file) — as
+``python script.py`` would, but already warm.
 
-The zygote double-forks: the worker's first parent exits at once, so the
-worker is re-parented to the spawner, which is the child subreaper of its
-tree. The spawner thus remains the only reaper of its workers and gets their
-SIGCHLD. Only then does the worker ask for SIGTERM on its parent's death,
-so it dies with the spawner like any other worker.
+The zygote forks each worker as the spawner's own child (``clone`` with
+``CLONE_PARENT``, see ``procs.fork_sibling``): one fork, and the spawner is
+the worker's parent from its first instruction, so it gets its SIGCHLD and
+remains the only reaper of its workers. Where the system cannot, it
+double-forks: the worker's first parent exits at once and the worker is
+re-parented to the spawner, its child subreaper. Either way the worker then
+asks for SIGTERM on its parent's death, so it dies with the spawner like any
+other worker.
 
 Used only by ``orchestrator run`` (which is a subreaper) and only for queues
 with ``script:``; ``command:`` workers are always started with exec.
@@ -18,6 +22,7 @@ with ``script:``; ``command:`` workers are always started with exec.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import gc
 import importlib
@@ -30,7 +35,9 @@ import subprocess
 import sys
 import time
 import traceback
+import types
 from collections.abc import Mapping, Sequence
+from types import CodeType
 from typing import Any, NoReturn
 
 from orchestrator import procs
@@ -180,22 +187,46 @@ def serve(fd: int, preload: Sequence[str]) -> int:
 
 
 def _fork_workers(request: dict[str, Any], sock: socket.socket) -> list[int]:
-    """Fork a middle process that forks each worker and exits; the workers' pids."""
+    """Fork each worker as the spawner's own child (``procs.fork_sibling``:
+    one fork, no re-parenting); where the system cannot, through a
+    short-lived middle process the workers are re-parented from. The pids."""
+    pids: list[int] = []
+    for worker in request["workers"]:
+        job = {**worker, "cwd": request["cwd"], "parent": request["parent"]}
+        job["code"] = _compiled(worker["argv"][1])
+        try:
+            pid = procs.fork_sibling()
+        except OSError:
+            break  # the spawner learns which were started from the pids
+        if pid is None:
+            return pids + _fork_through_middle(request["workers"][len(pids) :], request, sock)
+        if pid == 0:
+            _leave_the_zygote(sock)
+            _become_worker(job, reparented=False)
+        pids.append(pid)
+    return pids
+
+
+def _fork_through_middle(
+    workers: Sequence[dict[str, Any]], request: dict[str, Any], sock: socket.socket
+) -> list[int]:
+    """Fork a middle process that forks each worker and exits (the workers
+    are re-parented to the spawner, a subreaper); the workers' pids."""
     read_fd, write_fd = os.pipe()
     middle = os.fork()
     if middle == 0:  # the short-lived middle process
         os.close(read_fd)
         pids = []
-        for worker in request["workers"]:
+        for worker in workers:
             try:
                 pid = os.fork()
             except OSError:
-                break  # the spawner learns which were started from the pids
+                break
             if pid == 0:
                 os.close(write_fd)
-                with contextlib.suppress(OSError):
-                    os.close(sock.fileno())  # the worker must not hold the spawner's line
-                _become_worker({**worker, "cwd": request["cwd"], "parent": request["parent"]})
+                _leave_the_zygote(sock)
+                job = {**worker, "cwd": request["cwd"], "parent": request["parent"]}
+                _become_worker({**job, "code": _compiled(worker["argv"][1])}, reparented=True)
             pids.append(pid)
         os.write(write_fd, " ".join(map(str, pids)).encode())
         os._exit(0)
@@ -206,11 +237,33 @@ def _fork_workers(request: dict[str, Any], sock: socket.socket) -> list[int]:
     return [int(pid) for pid in data.split()]
 
 
-def _become_worker(request: dict[str, Any]) -> NoReturn:
-    """In the forked worker: wait to be the spawner's, then run the script."""
+def _leave_the_zygote(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        os.close(sock.fileno())  # the worker must not hold the spawner's line
+
+
+_CODE: dict[str, tuple[float, CodeType]] = {}
+
+
+def _compiled(path: str) -> CodeType | None:
+    """The script's code, compiled once per version of the file (in the
+    zygote, so every worker forked from it starts without compiling)."""
+    try:
+        mtime = os.stat(path).st_mtime
+        cached = _CODE.get(path)
+        if cached is None or cached[0] != mtime:
+            with open(path, "rb") as source:
+                _CODE[path] = (mtime, compile(source.read(), path, "exec", dont_inherit=True))
+        return _CODE[path][1]
+    except (OSError, SyntaxError, ValueError):
+        return None  # the worker runs it the slow way, and fails there, saying why
+
+
+def _become_worker(request: dict[str, Any], reparented: bool) -> NoReturn:
+    """In the forked worker: make sure it is the spawner's, then run the script."""
     code = 1
     try:
-        _await_parent(int(request["parent"]))
+        _await_parent(int(request["parent"]), reparented)
         argv, env = request["argv"], request["env"]
         os.chdir(request["cwd"])
         os.environ.clear()
@@ -222,7 +275,7 @@ def _become_worker(request: dict[str, Any]) -> NoReturn:
             signal.signal(signum, signal.SIG_DFL)
         sys.argv = list(argv[1:])
         sys.path[:] = _script_path(argv[1], env)
-        runpy.run_path(argv[1], run_name="__main__")
+        _run_main(argv[1], request.get("code"))
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -237,6 +290,18 @@ def _become_worker(request: dict[str, Any]) -> NoReturn:
         os._exit(code)
 
 
+def _run_main(path: str, code: CodeType | None) -> None:
+    """Run the script as ``__main__``, as ``python script.py`` would."""
+    if code is None:
+        runpy.run_path(path, run_name="__main__")
+        return
+    main = types.ModuleType("__main__")
+    main.__file__ = path
+    main.__dict__["__builtins__"] = builtins
+    sys.modules["__main__"] = main
+    exec(code, main.__dict__)
+
+
 def _script_path(script: str, env: Mapping[str, str]) -> list[str]:
     """``sys.path`` as ``python script.py`` would start with, given ``env``:
     the script's directory (in place of the zygote's own first entry), then
@@ -246,10 +311,11 @@ def _script_path(script: str, env: Mapping[str, str]) -> list[str]:
     return [os.path.dirname(os.path.abspath(script)), *[p for p in extra if p not in rest], *rest]
 
 
-def _await_parent(parent: int) -> None:
-    """The middle process exits at once; then we are the spawner's child."""
+def _await_parent(parent: int, reparented: bool) -> None:
+    """Die with the spawner, and be sure it is our parent: at once when
+    forked as its child; after the middle process exits when re-parented."""
     deadline = time.monotonic() + REPARENT_TIMEOUT_S
-    while os.getppid() != parent:
+    while reparented and os.getppid() != parent:
         if time.monotonic() > deadline:
             raise SystemExit(f"not re-parented to the spawner {parent} (is it a subreaper?)")
         time.sleep(0.0005)

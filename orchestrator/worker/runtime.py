@@ -35,6 +35,7 @@ from loguru import logger
 
 from orchestrator import codec, keys
 from orchestrator.connections import connect
+from orchestrator.scripts import load_lua
 from orchestrator.worker.acks import Acks
 from orchestrator.worker.heartbeat import Heartbeat
 from orchestrator.worker.jobs import (
@@ -60,6 +61,7 @@ OWN_CHECK_INTERVAL_S = 1.0  # re-read our own pending entries at least this ofte
 # the spawner's request to give the worker's slot to another queue.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+FIRST_READ = load_lua("first_read.lua")
 
 
 class _StopWaiting(Exception):
@@ -113,9 +115,11 @@ class WorkerRuntime:
         for signum in STOP_SIGNALS:
             signal.signal(signum, self.request_stop)
         try:
-            client_id = int(self.client.client_id())
+            client_id, jobs = self._first_read()
             self.heartbeat = Heartbeat(self.s, client_id, yields=True)
             self.heartbeat.start()
+            if jobs:
+                self._process(jobs)
             return self._loop()
         except Interrupted as exc:
             logger.info(f"{self.s.worker_id}: stopped mid-job ({exc}); the job goes back")
@@ -155,6 +159,28 @@ class WorkerRuntime:
     def _deadline_near(self) -> bool:
         margin = max(0.5, 1.5 * self.avg_job_s)
         return time.time() + margin >= self.s.deadline
+
+    def _first_read(self) -> tuple[int, list[Job]]:
+        """The worker's first round trip: connect, its client id (for the
+        heartbeat: the spawner cuts this connection's blocking read short
+        with it) and its first jobs, own pending ones first (``first_read.lua``),
+        sent together on the reading connection itself."""
+        s, conn = self.s, self.client.connection
+        assert conn is not None  # a single-connection client
+        args = (s.group, s.consumer, s.batch_size, self.read_size())
+        commands = [("CLIENT", "ID"), ("EVAL", FIRST_READ, 1, s.stream, *args)]
+        conn.send_packed_command(conn.pack_commands(commands))  # type: ignore[no-untyped-call]
+        client_id = int(conn.read_response())
+        own, counts, fresh = conn.read_response()
+        now = time.monotonic()
+        self.own_checked_at = now
+        self.check_own = bool(own)
+        delivered = {str(i): int(n) for i, n in counts}
+        jobs = [Job(i, _fields(f), delivered.get(i, 1)) for i, f in own]
+        jobs += [Job(i, _fields(f), 1) for i, f in fresh]
+        if jobs:
+            self.last_work = now
+        return client_id, jobs
 
     def _read(self) -> list[Job]:
         """Own pending entries first (with their delivery counts), then new.
@@ -365,6 +391,11 @@ def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
         for entry_id, fields in item[1]:
             out.append((entry_id, fields or {}))
     return out
+
+
+def _fields(flat: Sequence[str]) -> dict[str, str]:
+    """An entry's fields as Lua returns them (field, value, ...)."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _decode(job: Job) -> str | None:

@@ -43,7 +43,7 @@ import redis
 
 from orchestrator import codec, keys
 from orchestrator.apps.batch.request import BatchRequest
-from orchestrator.queues import load_lua
+from orchestrator.scripts import load_lua
 
 if TYPE_CHECKING:
     from orchestrator.apps.batch.progress import Pacer
