@@ -94,8 +94,9 @@ def _trials(r: redis.Redis, log_path: Path, live: bool) -> dict[str, Any]:
         r.xadd("jobs", {"payload": json.dumps({"id": trial})})
         handled = float(_wait(lambda t=trial: r.hget("bench:handled", str(t))))
         total.append(handled - sent)
-        if not live:
-            spawn_share.append(_spawn_times(log_path)[trial] - sent)
+        if not live:  # the spawn line may come after the handler started
+            spawned = _wait(lambda t=trial: (times := _spawn_times(log_path))[t:] and times)
+            spawn_share.append(spawned[trial] - sent)
     return {"total": total, "spawn": spawn_share}
 
 

@@ -28,14 +28,16 @@ class Launcher:
         self.subreaper = subreaper
         self.zygote: zygote.Zygote | None = None
         self.preload: Sequence[str] = ()
+        self.redis_url = ""
         self.not_ours: set[int] = set()  # children from before us (an embedded Redis)
 
-    def open(self, fork_server: bool, preload: Sequence[str]) -> None:
+    def open(self, fork_server: bool, preload: Sequence[str], redis_url: str) -> None:
         """Become the subreaper of our workers' trees and start the fork server.
 
-        The fork server needs the subreaper: its workers are re-parented to us.
+        The fork server needs the subreaper: where it cannot fork our
+        children directly, its workers are re-parented to us.
         """
-        self.preload = preload
+        self.preload, self.redis_url = preload, redis_url
         with contextlib.suppress(psutil.Error):
             self.not_ours = {c.pid for c in psutil.Process().children()}
         if self.subreaper and procs.set_subreaper() and fork_server:
@@ -69,7 +71,7 @@ class Launcher:
     def restart_zygote(self) -> None:
         if self.zygote is not None:
             self.zygote.close()
-        self.zygote = zygote.Zygote(self.preload)
+        self.zygote = zygote.Zygote(self.preload, self.redis_url)
         try:
             self.zygote.start()
         except (zygote.ZygoteError, OSError) as exc:
@@ -85,7 +87,8 @@ class Launcher:
             self.restart_zygote()
 
     def reap_strays(self, workers: Collection[int]) -> None:
-        """Kill and reap children that are neither workers nor the fork server.
+        """Reap children that have exited, and kill those that are neither
+        workers, nor the fork server, nor its standby.
 
         Run after SIGCHLD: an orphan is re-parented to us when its worker
         exits, which is also when we get SIGCHLD for the worker.
@@ -94,18 +97,24 @@ class Launcher:
             return
         known = set(workers) | self.not_ours | {self.zygote.pid if self.zygote else None}
         try:
-            children = [c for c in psutil.Process().children() if c.pid not in known]
+            children = [c for c in psutil.Process().children() if c.pid not in workers]
         except psutil.Error:
             return
+        strays = []
         for child in children:
             try:
                 zombie = child.status() == psutil.STATUS_ZOMBIE
             except psutil.NoSuchProcess:
                 continue
-            if zombie:
+            if zombie:  # a standby that died, an orphan that exited
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(child.pid, os.WNOHANG)
-                continue
+            elif child.pid not in known:
+                strays.append(child)
+        if strays and self.zygote is not None:  # asked only now: rarely needed
+            standbys = self.zygote.standbys()
+            strays = [c for c in strays if c.pid not in standbys]
+        for child in strays:
             procs.signal_tree([child], signal.SIGKILL)  # its SIGCHLD brings us back
             self.events.warning(
                 "stray",

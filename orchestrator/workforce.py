@@ -64,7 +64,7 @@ class Workforce:
         self.strays_due = False  # a SIGCHLD came: orphans may have been re-parented to us
 
     def open(self, config: Config) -> None:
-        self.launcher.open(config.spawner.fork_server, config.spawner.preload)
+        self.launcher.open(config.spawner.fork_server, config.spawner.preload, config.redis_url)
         if self.guard is not None:
             self.guard.start()
 

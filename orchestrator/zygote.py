@@ -37,6 +37,7 @@ import time
 import traceback
 import types
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from types import CodeType
 from typing import Any, NoReturn
 
@@ -59,8 +60,10 @@ class ZygoteError(RuntimeError):
 class Zygote:
     """The spawner's side: start the fork server, ask it for workers."""
 
-    def __init__(self, preload: Sequence[str] = DEFAULT_PRELOAD) -> None:
+    def __init__(self, preload: Sequence[str] = DEFAULT_PRELOAD, warm_url: str = "") -> None:
+        """``warm_url``: the spawner's Redis, which a standby's rehearsal connects to."""
         self.preload = list(dict.fromkeys([*DEFAULT_PRELOAD, *preload]))
+        self.warm_url = warm_url or "redis://127.0.0.1:6379/0"
         self.proc: subprocess.Popen[bytes] | None = None
         self.sock: socket.socket | None = None
         self._buffer = b""
@@ -72,7 +75,14 @@ class Zygote:
     def start(self) -> None:
         ours, theirs = socket.socketpair()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.zygote", str(theirs.fileno()), *self.preload],
+            [
+                sys.executable,
+                "-m",
+                "orchestrator.zygote",
+                str(theirs.fileno()),
+                self.warm_url,
+                *self.preload,
+            ],
             pass_fds=(theirs.fileno(),),
             stdin=subprocess.DEVNULL,
             preexec_fn=procs.die_with_parent,
@@ -108,6 +118,16 @@ class Zygote:
         if "pids" not in reply:
             raise ZygoteError(str(reply.get("error", "no pid")))
         return [int(pid) for pid in reply["pids"]]
+
+    def standbys(self) -> set[int]:
+        """Pids of the standbys (the spawner's children that are no workers yet)."""
+        if self.sock is None:
+            return set()
+        try:
+            self.sock.sendall(b'{"cmd": "standbys"}\n')
+            return {int(pid) for pid in self._reply().get("standbys", [])}
+        except (OSError, ZygoteError):
+            return set()
 
     def _reply(self) -> dict[str, Any]:
         assert self.sock is not None
@@ -163,48 +183,149 @@ def eligible(argv: Sequence[str], queue_env: Mapping[str, str]) -> bool:
 # -- the zygote process ------------------------------------------------------
 
 
-def serve(fd: int, preload: Sequence[str]) -> int:
+@dataclass
+class Standby:
+    """A worker forked ahead of need: already the spawner's child, its start
+    rehearsed (``_warm_up``), waiting on a pipe for the job it becomes."""
+
+    pid: int
+    job_fd: int  # the zygote's end: the job is written there, then closed
+
+
+@dataclass
+class ForkServer:
+    sock: socket.socket
+    warm_url: str  # the spawner's Redis: the standby's rehearsal connects to it
+    standby: Standby | None = None
+
+    def serve(self) -> None:
+        self.standby = _make_standby(self)
+        self.sock.sendall(_line({"ready": True}))
+        for line in self.sock.makefile("rb"):
+            request = json.loads(line)
+            if request.get("cmd") == "standbys":
+                self.sock.sendall(_line({"standbys": [self.standby.pid] if self.standby else []}))
+                continue
+            try:
+                reply: dict[str, Any] = {"pids": self.fork_workers(request)}
+            except OSError as exc:
+                reply = {"error": f"fork failed: {exc}"}
+            self.sock.sendall(_line(reply))
+            if self.standby is None:  # used: the next one is made off the critical path
+                self.standby = _make_standby(self)
+
+    def fork_workers(self, request: dict[str, Any]) -> list[int]:
+        """The standby becomes the first worker; the others are forked, each
+        as the spawner's own child (``procs.fork_sibling``: one fork, no
+        re-parenting), or where the system cannot, through a short-lived
+        middle process they are re-parented from. The pids."""
+        pids: list[int] = []
+        for worker in request["workers"]:
+            job = {**worker, "cwd": request["cwd"], "parent": request["parent"]}
+            if (pid := self._activate(job)) is not None:
+                pids.append(pid)
+                continue
+            job["code"] = _compiled(worker["argv"][1])
+            try:
+                pid = procs.fork_sibling()
+            except OSError:
+                break  # the spawner learns which were started from the pids
+            if pid is None:
+                rest = request["workers"][len(pids) :]
+                return pids + _fork_through_middle(rest, request, self.sock)
+            if pid == 0:
+                _leave_the_zygote(self.sock)
+                _become_worker(job, reparented=False)
+            pids.append(pid)
+        return pids
+
+    def _activate(self, job: dict[str, Any]) -> int | None:
+        """Give ``job`` to the standby; its pid, or None (no standby, or it died)."""
+        standby, self.standby = self.standby, None
+        if standby is None:
+            return None
+        try:
+            os.write(standby.job_fd, json.dumps(job).encode())
+        except OSError:
+            return None
+        finally:
+            os.close(standby.job_fd)
+        return standby.pid
+
+
+def serve(fd: int, preload: Sequence[str], warm_url: str) -> int:
     sock = socket.socket(fileno=fd)
     try:
         for module in preload:
             importlib.import_module(module)
     except Exception as exc:
-        sock.sendall(json.dumps({"error": f"preload failed: {exc!r}"}).encode() + b"\n")
+        sock.sendall(_line({"error": f"preload failed: {exc!r}"}))
         return 1
     from orchestrator.worker import configure_logging
 
     configure_logging()  # workers inherit it
     gc.freeze()  # what the preload made is shared with workers, not copied by their GC
-    sock.sendall(b'{"ready": true}\n')
-    reader = sock.makefile("rb")
-    for line in reader:
-        try:
-            reply: dict[str, Any] = {"pids": _fork_workers(json.loads(line), sock)}
-        except OSError as exc:
-            reply = {"error": f"fork failed: {exc}"}
-        sock.sendall(json.dumps(reply).encode() + b"\n")
+    ForkServer(sock, warm_url).serve()
     return 0
 
 
-def _fork_workers(request: dict[str, Any], sock: socket.socket) -> list[int]:
-    """Fork each worker as the spawner's own child (``procs.fork_sibling``:
-    one fork, no re-parenting); where the system cannot, through a
-    short-lived middle process the workers are re-parented from. The pids."""
-    pids: list[int] = []
-    for worker in request["workers"]:
-        job = {**worker, "cwd": request["cwd"], "parent": request["parent"]}
-        job["code"] = _compiled(worker["argv"][1])
-        try:
-            pid = procs.fork_sibling()
-        except OSError:
-            break  # the spawner learns which were started from the pids
-        if pid is None:
-            return pids + _fork_through_middle(request["workers"][len(pids) :], request, sock)
-        if pid == 0:
-            _leave_the_zygote(sock)
-            _become_worker(job, reparented=False)
-        pids.append(pid)
-    return pids
+def _line(message: dict[str, Any]) -> bytes:
+    return json.dumps(message).encode() + b"\n"
+
+
+def _make_standby(server: ForkServer) -> Standby | None:
+    """Fork the next standby (None where the system cannot fork siblings)."""
+    read_fd, write_fd = os.pipe()
+    try:
+        pid = procs.fork_sibling()
+    except OSError:
+        pid = None
+    if pid == 0:
+        os.close(write_fd)
+        _leave_the_zygote(server.sock)
+        _stand_by(read_fd, os.getppid(), server.warm_url)
+    os.close(read_fd)
+    if pid is None:
+        os.close(write_fd)
+        return None
+    return Standby(pid, write_fd)
+
+
+def _stand_by(job_fd: int, parent: int, warm_url: str) -> NoReturn:
+    """The standby: rehearse a worker's start, wait for the job, become it."""
+    try:
+        _await_parent(parent, reparented=False)
+        _warm_up(warm_url)
+        chunks = []
+        while chunk := os.read(job_fd, 65536):
+            chunks.append(chunk)
+        if not chunks:  # the zygote closed without a job: it is shutting down
+            os._exit(0)
+        job = json.loads(b"".join(chunks))
+    except BaseException:
+        os._exit(1)
+    job["code"] = _compiled(job["argv"][1])  # compiled in the zygote before we forked
+    _become_worker(job, reparented=False)
+
+
+def _warm_up(redis_url: str) -> None:
+    """Run what a worker's start runs, on throwaway values: a forked process
+    pays a copy-on-write fault for every page it first writes, a few
+    milliseconds of them on the first pass through redis-py and the
+    runtime. A standby pays them before its job arrives, not after."""
+    from orchestrator.connections import connect
+    from orchestrator.worker import Heartbeat, Settings, WorkerRuntime
+    from orchestrator.worker.jobs import per_job
+
+    env = {"ORCH_QUEUE": "warm-up", "ORCH_REDIS_URL": redis_url, "ORCH_STREAM": "warm-up"}
+    settings = Settings.from_env(env)
+    with contextlib.suppress(Exception):  # Redis down: warm as far as it goes
+        client = connect(redis_url, decode=True, single_connection=True, fail_fast=False)
+        client.ping()
+        WorkerRuntime(settings, per_job(lambda job: None), client)
+        Heartbeat(settings, 0)
+        client.close()
+    json.loads(json.dumps({"payload": "{}"}))
 
 
 def _fork_through_middle(
@@ -325,4 +446,4 @@ def _await_parent(parent: int, reparented: bool) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(serve(int(sys.argv[1]), sys.argv[2:]))
+    sys.exit(serve(int(sys.argv[1]), sys.argv[3:], warm_url=sys.argv[2]))
