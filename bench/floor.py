@@ -20,6 +20,9 @@ from bench.harness import ROOT, percentile
 from orchestrator.connections import connect
 
 TRIALS = 100
+# Each trial starts on an idle machine, as a reaction trial does: a CPU that
+# has been idle wakes slower than one kept busy.
+SETTLE_S = 0.05
 
 READER = """
 import sys, time, redis
@@ -39,6 +42,7 @@ import os, sys, time
 import orchestrator.worker  # as warm as the fork server
 r, w = os.pipe()
 for _ in range(int(sys.argv[1])):
+    time.sleep(float(sys.argv[2]))
     t0 = time.perf_counter()
     pid = os.fork()
     if pid == 0:
@@ -80,6 +84,7 @@ def _wake(url: str, trials: int) -> float:
         _wait_blocked(r)
         gaps = []
         for i in range(trials):
+            time.sleep(SETTLE_S)  # as before a reaction trial: the machine idle
             sent = time.time()
             r.xadd("floor", {"n": i})
             woke = r.blpop(["floor:woke"], timeout=10)
@@ -104,7 +109,10 @@ def _wait_blocked(r: redis.Redis) -> None:
 def _fork(trials: int) -> float:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
-        [sys.executable, "-c", FORKER, str(trials)], env=env, capture_output=True, text=True
+        [sys.executable, "-c", FORKER, str(trials), str(SETTLE_S)],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     return percentile([float(line) for line in out.stdout.split()], 50)
 
@@ -112,6 +120,7 @@ def _fork(trials: int) -> float:
 def _connect(url: str, trials: int) -> float:
     times = []
     for _ in range(trials):
+        time.sleep(SETTLE_S)
         started = time.perf_counter()
         client = connect(url)
         client.ping()

@@ -29,6 +29,7 @@ import importlib
 import json
 import os
 import runpy
+import select
 import signal
 import socket
 import subprocess
@@ -51,6 +52,7 @@ DEFAULT_PRELOAD = (
     "secrets",
 )
 REPARENT_TIMEOUT_S = 2.0
+STANDBY_AFTER_S = 0.05  # a used standby is replaced once requests pause this long
 
 
 class ZygoteError(RuntimeError):
@@ -199,20 +201,39 @@ class ForkServer:
     standby: Standby | None = None
 
     def serve(self) -> None:
+        """Answer the spawner's requests until it closes the line. A used
+        standby is replaced once the requests have paused for
+        ``STANDBY_AFTER_S``: making one (a fork and a rehearsal, some
+        milliseconds of CPU) must not slow the worker it has just become."""
         self.standby = _make_standby(self)
         self.sock.sendall(_line({"ready": True}))
-        for line in self.sock.makefile("rb"):
-            request = json.loads(line)
-            if request.get("cmd") == "standbys":
-                self.sock.sendall(_line({"standbys": [self.standby.pid] if self.standby else []}))
+        buffer, quiet_since = b"", time.monotonic()
+        while True:
+            if b"\n" not in buffer:
+                wait_s = (
+                    None
+                    if self.standby
+                    else max(0.0, quiet_since + STANDBY_AFTER_S - time.monotonic())
+                )
+                if not select.select([self.sock], [], [], wait_s)[0]:
+                    self.standby = _make_standby(self)
+                    continue
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return
+                buffer += chunk
                 continue
-            try:
-                reply: dict[str, Any] = {"pids": self.fork_workers(request)}
-            except OSError as exc:
-                reply = {"error": f"fork failed: {exc}"}
-            self.sock.sendall(_line(reply))
-            if self.standby is None:  # used: the next one is made off the critical path
-                self.standby = _make_standby(self)
+            line, _, buffer = buffer.partition(b"\n")
+            self.sock.sendall(_line(self.answer(json.loads(line))))
+            quiet_since = time.monotonic()
+
+    def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        if request.get("cmd") == "standbys":
+            return {"standbys": [self.standby.pid] if self.standby else []}
+        try:
+            return {"pids": self.fork_workers(request)}
+        except OSError as exc:
+            return {"error": f"fork failed: {exc}"}
 
     def fork_workers(self, request: dict[str, Any]) -> list[int]:
         """The standby becomes the first worker; the others are forked, each
@@ -319,6 +340,9 @@ def _warm_up(redis_url: str) -> None:
 
     env = {"ORCH_QUEUE": "warm-up", "ORCH_REDIS_URL": redis_url, "ORCH_STREAM": "warm-up"}
     settings = Settings.from_env(env)
+    _set_environ({**os.environ, "ORCH_WARM_UP": "1"})
+    _set_environ({k: v for k, v in os.environ.items() if k != "ORCH_WARM_UP"})
+    _script_path(__file__, env)
     with contextlib.suppress(Exception):  # Redis down: warm as far as it goes
         client = connect(redis_url, decode=True, single_connection=True, fail_fast=False)
         client.ping()
@@ -387,8 +411,7 @@ def _become_worker(request: dict[str, Any], reparented: bool) -> NoReturn:
         _await_parent(int(request["parent"]), reparented)
         argv, env = request["argv"], request["env"]
         os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update(env)
+        _set_environ(env)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.close(devnull)
@@ -409,6 +432,16 @@ def _become_worker(request: dict[str, Any], reparented: bool) -> NoReturn:
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
+
+
+def _set_environ(env: Mapping[str, str]) -> None:
+    """``os.environ`` becomes ``env``: only what differs is changed (most of
+    a worker's environment is the spawner's, which the zygote has already)."""
+    for key in [k for k in os.environ if k not in env]:
+        del os.environ[key]
+    for key, value in env.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
 
 
 def _run_main(path: str, code: CodeType | None) -> None:
