@@ -337,6 +337,7 @@ def _warm_up(redis_url: str) -> None:
     from orchestrator.connections import connect
     from orchestrator.worker import Heartbeat, Settings, WorkerRuntime
     from orchestrator.worker.jobs import per_job
+    from orchestrator.worker.runtime import keep_spare
 
     env = {"ORCH_QUEUE": "warm-up", "ORCH_REDIS_URL": redis_url, "ORCH_STREAM": "warm-up"}
     settings = Settings.from_env(env)
@@ -349,6 +350,7 @@ def _warm_up(redis_url: str) -> None:
         WorkerRuntime(settings, per_job(lambda job: None), client)
         Heartbeat(settings, 0)
         client.close()
+        keep_spare(settings)  # the worker's own connection, made before its job comes
     json.loads(json.dumps({"payload": "{}"}))
 
 

@@ -27,6 +27,21 @@ from orchestrator.worker.workerenv import Settings
 HEARTBEAT_INTERVAL_S = 2.0
 HEARTBEAT_TTL_S = 10.0
 
+# A client made ahead of need (a fork server's standby connects before its
+# job arrives), for the heartbeat of the worker it becomes: URL -> client.
+_SPARE: dict[str, redis.Redis] = {}
+
+
+def heartbeat_client(url: str) -> redis.Redis:
+    """The heartbeat's own connection (a spare one when there is one)."""
+    return _SPARE.pop(url, None) or connect(url, timeout_s=5.0, fail_fast=False)
+
+
+def keep_spare(url: str) -> None:
+    client = connect(url, timeout_s=5.0, fail_fast=False)
+    client.ping()
+    _SPARE[url] = client
+
 
 class Heartbeat:
     """``orch:worker:<consumer>``: pid, client id, current jobs; TTL'd."""
@@ -56,7 +71,7 @@ class Heartbeat:
 
     def _connection(self) -> redis.Redis:
         if self.client is None:
-            self.client = connect(self.s.redis_url, timeout_s=5.0, fail_fast=False)
+            self.client = heartbeat_client(self.s.redis_url)
         return self.client
 
     def beat(self) -> None:

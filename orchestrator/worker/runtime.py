@@ -36,6 +36,7 @@ from loguru import logger
 from orchestrator import codec, keys
 from orchestrator.connections import connect
 from orchestrator.scripts import load_lua
+from orchestrator.worker import heartbeat
 from orchestrator.worker.acks import Acks
 from orchestrator.worker.heartbeat import Heartbeat
 from orchestrator.worker.jobs import (
@@ -64,6 +65,39 @@ REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 FIRST_READ = load_lua("first_read.lua")
 
 
+# A client made ahead of need (a fork server's standby connects before its
+# job arrives), for the worker it becomes: Redis URL -> client.
+_SPARE: dict[str, redis.Redis] = {}
+
+
+def worker_client(settings: Settings) -> redis.Redis:
+    """The worker's client: one connection (``CLIENT UNBLOCK`` of its id must
+    reach the blocking read), replies decoded losslessly, a read timeout
+    longer than the longest wait for work. A spare one, connected already,
+    is taken when there is one."""
+    timeout_s = max(settings.idle_timeout_s, 5.0) + 10.0
+    client = _SPARE.pop(settings.redis_url, None)
+    if client is not None and client.connection is not None:
+        client.connection.socket_timeout = timeout_s
+        if (sock := getattr(client.connection, "_sock", None)) is not None:
+            sock.settimeout(timeout_s)
+        return client
+    return connect(
+        settings.redis_url,
+        timeout_s=timeout_s,
+        connect_timeout_s=5.0,
+        decode=True,  # by hiredis, in C; bytes that are not UTF-8 survive (codec)
+        single_connection=True,
+        fail_fast=False,
+    )
+
+
+def keep_spare(settings: Settings) -> None:
+    """Connect the clients now for the worker this process will become."""
+    _SPARE[settings.redis_url] = worker_client(settings)
+    heartbeat.keep_spare(settings.redis_url)
+
+
 class _StopWaiting(Exception):
     """Raised by the stop signal handler out of a blocking read."""
 
@@ -85,14 +119,7 @@ class WorkerRuntime:
         self.s = settings
         self.handle_batch = handle_batch
         self.handle_one = handle_one
-        self.client = client or connect(
-            settings.redis_url,
-            timeout_s=max(settings.idle_timeout_s, 5.0) + 10.0,
-            connect_timeout_s=5.0,
-            decode=True,  # by hiredis, in C; bytes that are not UTF-8 survive (codec)
-            single_connection=True,  # CLIENT UNBLOCK must reach *this* connection
-            fail_fast=False,
-        )
+        self.client = client or worker_client(settings)
         self.acks = Acks(self.client, settings)
         self.stopping = False
         self.failed = 0
@@ -169,9 +196,16 @@ class WorkerRuntime:
         assert conn is not None  # a single-connection client
         args = (s.group, s.consumer, s.batch_size, self.read_size())
         commands = [("CLIENT", "ID"), ("EVAL", FIRST_READ, 1, s.stream, *args)]
-        conn.send_packed_command(conn.pack_commands(commands))  # type: ignore[no-untyped-call]
-        client_id = int(conn.read_response())
-        own, counts, fresh = conn.read_response()
+        for attempt in (1, 2):  # a connection made ahead of need may have died since
+            try:
+                conn.send_packed_command(conn.pack_commands(commands))  # type: ignore[no-untyped-call]
+                client_id = int(conn.read_response())
+                own, counts, fresh = conn.read_response()
+                break
+            except REDIS_DOWN:
+                conn.disconnect()  # type: ignore[no-untyped-call]
+                if attempt == 2:
+                    raise
         now = time.monotonic()
         self.own_checked_at = now
         self.check_own = bool(own)
@@ -203,6 +237,7 @@ class WorkerRuntime:
         block_s = min(
             s.idle_timeout_s - (time.monotonic() - self.last_work),
             s.deadline - time.time() - max(0.5, 1.5 * self.avg_job_s),
+            OWN_CHECK_INTERVAL_S,  # entries handed to us while we were not yet blocked
         )
         if block_s <= 0:
             return []
