@@ -96,10 +96,7 @@ class Launcher:
         if not self.subreaper:
             return
         known = set(workers) | self.not_ours | {self.zygote.pid if self.zygote else None}
-        try:
-            children = [c for c in psutil.Process().children() if c.pid not in workers]
-        except psutil.Error:
-            return
+        children = procs.existing([p for p in procs.children(os.getpid()) if p not in workers])
         strays = []
         for child in children:
             try:

@@ -87,7 +87,7 @@ def snapshot_tree(pid: int) -> list[psutil.Process]:
         kids = descendants(pid)
         if kids is None:
             return [root, *root.children(recursive=True)]
-        return [root, *_existing(kids)]
+        return [root, *existing(kids)]
     except psutil.NoSuchProcess:
         return []
 
@@ -122,7 +122,20 @@ def descendants(pid: int) -> list[int] | None:
     return found
 
 
-def _existing(pids: Sequence[int]) -> list[psutil.Process]:
+def children(pid: int) -> list[int]:
+    """The direct children of ``pid`` (from /proc, without scanning every process)."""
+    found: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tids:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/children") as handle:
+            found.extend(int(k) for k in handle.read().split())
+    return found
+
+
+def existing(pids: Sequence[int]) -> list[psutil.Process]:
     """Handles for those of ``pids`` still running (one may exit meanwhile)."""
     out = []
     for pid in pids:

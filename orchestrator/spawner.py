@@ -137,6 +137,7 @@ class WorkerSpawner:
         now = time.monotonic()
         for gone in self.workforce.check(now, self._queue_config):
             self._on_exit(gone, now)
+        self.workforce.tidy()
         if woken := self._watch_fired():
             self._spawn_on_wake(woken, now)
             self.next_tick = min(self.next_tick, now)
@@ -383,9 +384,9 @@ class WorkerSpawner:
         if state is not None and handed:
             state.stranded = True
         self._judge(q, exit_facts(worker, status, gone.runtime_s, early, recovered), now)
-        self.workforce.leases.drop(worker.worker_id)
         if successor and handed:
             self._take_over(q, *successor, handed, now)
+        self.workforce.leases.drop(worker.worker_id)
         self.next_tick = min(self.next_tick, now)
 
     def _take_over(

@@ -188,8 +188,9 @@ class Workforce:
     # -- noticing -------------------------------------------------------------
 
     def check(self, now: float, queue_of: Callable[[str], QueueConfig]) -> list[Exit]:
-        """Reap exits (each reported once), enforce ``max_runtime`` and kill
-        deadlines, kill strays; keep the fork server and the guard alive."""
+        """Reap exits (each reported once) and enforce ``max_runtime`` and
+        kill deadlines; the rest of the housekeeping waits for ``tidy``,
+        after the exits are handled (their work goes on first)."""
         wall = time.time()
         exits = []
         for w in self.fleet:
@@ -203,6 +204,10 @@ class Workforce:
                 w.remember_tree()
                 if now >= w.kill_at:
                     w.kill_tree()
+        return exits
+
+    def tidy(self) -> None:
+        """Kill strays (after a SIGCHLD); keep the fork server and the guard alive."""
         if self.strays_due:
             self.strays_due = False
             keep = [w.pid for w in self.fleet]
@@ -211,7 +216,6 @@ class Workforce:
             self.launcher.reap_strays(keep)
         self.launcher.check_zygote()
         self._check_guard()
-        return exits
 
     def _gone(self, worker: Worker, status: ExitStatus, now: float, q: QueueConfig) -> Exit:
         self.fleet.remove(worker.worker_id)

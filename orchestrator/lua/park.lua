@@ -69,6 +69,7 @@ local parked, killed, start = 0, 0, '-'
 while true do
   local rows = redis.call('XPENDING', stream, group, start, '+', 200, from)
   if #rows == 0 then break end
+  local keep = {'XCLAIM', stream, group, to, 0}  -- claimed as they are, in one call
   for _, row in ipairs(rows) do
     local id, count = row[1], tonumber(row[4])
     local attempted = (not uncharged) and ((not marker) or in_hand[id])
@@ -76,17 +77,19 @@ while true do
       if not dry then dead_letter(id, count) end
       killed = killed + 1
     else
-      if not dry then
-        if attempted then
-          redis.call('XCLAIM', stream, group, to, 0, id, 'JUSTID')
-        else
-          redis.call('XCLAIM', stream, group, to, 0, id, 'RETRYCOUNT',
-                     math.max(count - 1, 0), 'JUSTID')
-        end
+      if attempted then
+        table.insert(keep, id)
+      elseif not dry then
+        redis.call('XCLAIM', stream, group, to, 0, id, 'RETRYCOUNT',
+                   math.max(count - 1, 0), 'JUSTID')
       end
       parked = parked + 1
     end
     start = '(' .. id
+  end
+  if #keep > 5 and not dry then
+    table.insert(keep, 'JUSTID')  -- options follow the ids; JUSTID keeps the counts
+    redis.call(unpack(keep))
   end
 end
 
