@@ -28,6 +28,7 @@ from bench.harness import ROOT, Spawner, percentile, wait_for
 from orchestrator.embedded import EmbeddedRedis
 
 TRIALS = 100
+SETTLE_S = 0.2
 HELD = 50
 
 
@@ -71,6 +72,7 @@ def trial(r: redis.Redis, t: int, want_idle_peer: bool) -> float:
     pid = held[1]
     if want_idle_peer:  # the other worker must be alive and idle in its read
         wait_for(lambda: r.hlen("orch:leases:bench") == 2 and _blocked_readers(r) >= 1, 30)
+    time.sleep(SETTLE_S)  # a crash comes at its own time, not on the heels of the last
     killed_at = time.time()
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: r.hlen(f"bench:handled:{t}") == HELD, 30)

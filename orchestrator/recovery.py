@@ -15,11 +15,12 @@ import json
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from loguru import logger
 
-from orchestrator import keys
+from orchestrator import codec, keys
 from orchestrator.config import Backend, Config, QueueConfig
 from orchestrator.connections import REDIS_ERRORS, RedisHealth
 from orchestrator.logs import Events
@@ -96,11 +97,24 @@ class Recovery:
 
     def wake(self, consumers: list[str]) -> None:
         """Cut live workers' blocking reads short (``CLIENT UNBLOCK`` of the
-        client id in their heartbeat), so they read what they were given."""
-        for raw in self.client.mget([keys.worker_heartbeat(c) for c in consumers]):
+        client id in their heartbeat, or of the connection named after them
+        when the heartbeat is not written yet), so they read what they were
+        given."""
+        ids: list[Any] = []
+        unknown = []
+        for consumer, raw in zip(
+            consumers, self.client.mget([keys.worker_heartbeat(c) for c in consumers]), strict=True
+        ):
             client_id = json.loads(raw).get("client_id") if raw else None
             if isinstance(client_id, int):
-                self.client.client_unblock(client_id)
+                ids.append(client_id)
+            else:
+                unknown.append(consumer)
+        if unknown:  # rare: a worker woken in its first milliseconds
+            named = {codec.text(c.get("name", "")): c.get("id") for c in self.client.client_list()}
+            ids += [named[c] for c in unknown if c in named]
+        for client_id in ids:
+            self.client.client_unblock(client_id)
 
     def retry_deferred(self) -> None:
         """Run the recoveries an outage held back; stop at the first failure."""

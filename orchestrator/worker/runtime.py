@@ -188,17 +188,22 @@ class WorkerRuntime:
         return time.time() + margin >= self.s.deadline
 
     def _first_read(self) -> tuple[int, list[Job]]:
-        """The worker's first round trip: connect, its client id (for the
-        heartbeat: the spawner cuts this connection's blocking read short
-        with it) and its first jobs, own pending ones first (``first_read.lua``),
-        sent together on the reading connection itself."""
+        """The worker's first round trip: connect, its name (its consumer) and
+        client id (for the heartbeat: the spawner cuts this connection's
+        blocking read short with it) and its first jobs, own pending ones
+        first (``first_read.lua``), sent together on the reading connection."""
         s, conn = self.s, self.client.connection
         assert conn is not None  # a single-connection client
         args = (s.group, s.consumer, s.batch_size, self.read_size())
-        commands = [("CLIENT", "ID"), ("EVAL", FIRST_READ, 1, s.stream, *args)]
+        commands = [
+            ("CLIENT", "SETNAME", s.consumer),  # so the spawner finds it before the heartbeat
+            ("CLIENT", "ID"),
+            ("EVAL", FIRST_READ, 1, s.stream, *args),
+        ]
         for attempt in (1, 2):  # a connection made ahead of need may have died since
             try:
                 conn.send_packed_command(conn.pack_commands(commands))  # type: ignore[no-untyped-call]
+                conn.read_response()
                 client_id = int(conn.read_response())
                 own, counts, fresh = conn.read_response()
                 break
