@@ -193,13 +193,14 @@ def start_ticks(pid: int) -> int | None:
     return int(fields[19])
 
 
-def tagged_processes(prefix: str) -> dict[int, str]:
-    """Live processes whose ``ORCH_CONSUMER`` starts with ``prefix``: pid -> consumer.
+def tagged_processes(prefix: str, variable: str = TAG_VARIABLE) -> dict[int, str]:
+    """Live processes whose ``variable`` (``ORCH_CONSUMER``) starts with
+    ``prefix``: pid -> its value.
 
     Reads every ``/proc/<pid>/environ`` (milliseconds on a busy host): for
-    rare moments only, such as a spawner's start.
+    rare moments only, such as a spawner's start or a pool's kill.
     """
-    needle = f"{TAG_VARIABLE}=".encode()
+    needle = f"{variable}=".encode()
     found: dict[int, str] = {}
     own = os.getpid()
     for entry in os.listdir("/proc"):
@@ -219,9 +220,11 @@ def tagged_processes(prefix: str) -> dict[int, str]:
     return found
 
 
-def kill_tagged(consumer: str) -> list[int]:
-    """SIGKILL every process tagged with exactly ``consumer``; their pids."""
-    pids = [pid for pid, c in tagged_processes(consumer).items() if c == consumer]
+def kill_tagged(tag: str, variable: str = TAG_VARIABLE, *, prefix: bool = False) -> list[int]:
+    """SIGKILL every process whose ``variable`` is ``tag`` (or, with
+    ``prefix``, starts with it); their pids."""
+    found = tagged_processes(tag, variable)
+    pids = [pid for pid, value in found.items() if prefix or value == tag]
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
