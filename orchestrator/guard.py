@@ -141,10 +141,10 @@ def _enforce(guarded: dict[int, Guarded]) -> None:
         now = time.time()
         for g in list(guarded.values()):
             if procs.start_ticks(g.pid) != g.started:  # exited (or pid reused)
-                procs.kill_tagged(g.consumer, g.redis_url)
+                procs.kill_tagged(g.consumer, redis_url=g.redis_url)
                 del guarded[g.pid]
             elif now >= g.deadline + g.grace_s:
-                procs.kill_tagged(g.consumer, g.redis_url)
+                procs.kill_tagged(g.consumer, redis_url=g.redis_url)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(g.pid, signal.SIGKILL)
                 del guarded[g.pid]

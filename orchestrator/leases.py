@@ -81,5 +81,5 @@ def left_behind(host: str, redis_url: str, adopted_consumers: set[str]) -> dict[
     (``ORCH_CONSUMER``, ``ORCH_REDIS_URL``) that belong to no adopted worker:
     pid -> consumer."""
     prefix = keys.consumer_name(host, "")
-    tagged = procs.tagged_processes(prefix, redis_url)
+    tagged = procs.tagged_processes(prefix, redis_url=redis_url)
     return {pid: c for pid, c in tagged.items() if c not in adopted_consumers}

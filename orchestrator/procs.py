@@ -206,15 +206,19 @@ def start_ticks(pid: int) -> int | None:
     return int(fields[19])
 
 
-def tagged_processes(prefix: str, redis_url: str) -> dict[int, str]:
-    """Live processes whose ``ORCH_CONSUMER`` starts with ``prefix`` and whose
-    ``ORCH_REDIS_URL`` is ``redis_url`` (another orchestrator on this machine,
-    on another Redis, is none of ours): pid -> consumer.
+def tagged_processes(
+    prefix: str, variable: str = TAG_VARIABLE, *, redis_url: str | None = None
+) -> dict[int, str]:
+    """Live processes whose ``variable`` (``ORCH_CONSUMER``) starts with
+    ``prefix``: pid -> its value. ``redis_url``: only those whose
+    ``ORCH_REDIS_URL`` is it (another orchestrator on this machine, on
+    another Redis, is none of ours).
 
     Reads every ``/proc/<pid>/environ`` (milliseconds on a busy host): for
-    rare moments only, such as a spawner's start.
+    rare moments only, such as a spawner's start or a pool's kill.
     """
-    consumer_var, url = f"{TAG_VARIABLE}=".encode(), f"ORCH_REDIS_URL={redis_url}".encode()
+    needle = f"{variable}=".encode()
+    url = f"ORCH_REDIS_URL={redis_url}".encode() if redis_url is not None else None
     found: dict[int, str] = {}
     own = os.getpid()
     for entry in os.listdir("/proc"):
@@ -225,18 +229,25 @@ def tagged_processes(prefix: str, redis_url: str) -> dict[int, str]:
                 environ = handle.read().split(b"\0")
         except OSError:
             continue
-        tags = [item[len(consumer_var) :] for item in environ if item.startswith(consumer_var)]
-        if tags and url in environ:
-            consumer = tags[0].decode(errors="replace")
-            if consumer.startswith(prefix) and start_ticks(int(entry)) is not None:
-                found[int(entry)] = consumer
+        tags = [item[len(needle) :] for item in environ if item.startswith(needle)]
+        if tags and (url is None or url in environ):
+            value = tags[0].decode(errors="replace")
+            if value.startswith(prefix) and start_ticks(int(entry)) is not None:
+                found[int(entry)] = value
     return found
 
 
-def kill_tagged(consumer: str, redis_url: str) -> list[int]:
-    """SIGKILL every process tagged with exactly ``consumer`` (on ``redis_url``); their pids."""
-    tagged = tagged_processes(consumer, redis_url)
-    pids = [pid for pid, c in tagged.items() if c == consumer]
+def kill_tagged(
+    tag: str,
+    variable: str = TAG_VARIABLE,
+    *,
+    prefix: bool = False,
+    redis_url: str | None = None,
+) -> list[int]:
+    """SIGKILL every process whose ``variable`` is ``tag`` (or, with
+    ``prefix``, starts with it; on ``redis_url`` when given); their pids."""
+    found = tagged_processes(tag, variable, redis_url=redis_url)
+    pids = [pid for pid, value in found.items() if prefix or value == tag]
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

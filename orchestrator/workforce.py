@@ -223,7 +223,7 @@ class Workforce:
             self.guard.forget(worker.pid)
         leftovers = worker.kill_leftovers()
         if not worker.child:  # adopted: its orphans went to init, not to us
-            leftovers += len(procs.kill_tagged(worker.lease.consumer, self.redis_url))
+            leftovers += len(procs.kill_tagged(worker.lease.consumer, redis_url=self.redis_url))
         runtime = worker.runtime_s(now)
         self.log.exited(worker, status, q, runtime, leftovers, self.fleet.count(q.name))
         return Exit(worker, status, runtime)

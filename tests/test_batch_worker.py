@@ -363,6 +363,20 @@ def test_a_bad_formula_or_timeframe_is_dead_lettered_at_once(batches: Any, r: Te
     assert status.exit_code == 1 and "unknown function 'smaa'" in status.stdout
 
 
+def test_a_formula_failing_at_evaluation_fails_its_batch_with_one_error(
+    batches: Any, r: TextRedis
+) -> None:
+    b = batches()
+    batch_id = b.submit(with_faults({30: "DEEP"}))  # its worker's stack overflows
+    record = b.wait_state(batch_id, "failed")
+    assert record["error"].startswith("BatchRejected: formula: the formula is nested too deep")
+    assert "Traceback" not in record["error"]
+    wait_until(lambda: r.xlen("batch_jobs:dead") == 1, 10, message=lambda: b.sp.text()[-3000:])
+    (_, letter), *_ = r.xrange("batch_jobs:dead")
+    assert letter["attempts"] == "1" and letter["error"] == record["error"]
+    assert "Traceback" not in b.sp.text()
+
+
 # ------------------------------------------------------------ commands
 
 
@@ -383,10 +397,14 @@ def test_submit_refuses_what_a_worker_would_and_queues_the_rest(
         "unknown function 'smaa'": ["--formula", "close > smaa(3)"],
         "unknown timeframe '4h'": ["--formula", "close > 1", "--timeframe", "4h"],
         "expected NAME=NUMBER": ["--formula", "close > x", "--param", "x"],
+        "nests too deep": ["--formula", "(" * 500 + "close > 1" + ")" * 500],
+        "too large: more than 256 terms": ["--formula", " and ".join(["close > open"] * 100)],
+        "must be <= 100000": ["--formula", "close > sma(close, 1e6)"],
     }
     for message, extra in refused.items():
         out = CliRunner().invoke(cli, [*base, *extra])
         assert out.exit_code == 2 and message in out.output, out.output
+        assert "Traceback" not in out.output and isinstance(out.exception, SystemExit)
     universe = tmp_path / "universe.txt"
     universe.write_text("# three\nS0001, S0002\nS0003  # last\n")
     args = ["batch", "submit", "-c", config, "--timeframe", "1d", "--universe", str(universe)]
@@ -502,7 +520,9 @@ def test_the_batch_section_is_checked() -> None:
         "batch.y: unknown key",
     ]
     defaults = parse_batch_settings(Section({}, "batch", Problems()), cpu_count=6)
-    assert (defaults.max_workers, defaults.shard_size, defaults.memory_mb) == (6, 500, None)
+    assert (defaults.max_workers, defaults.shard_size, defaults.memory_mb) == (6, 500, 1024)
+    uncapped = parse_batch_settings(Section({"memory_mb": None}, "batch", Problems()))
+    assert uncapped.memory_mb is None
 
 
 def test_the_progress_line_shows_rate_eta_and_shards() -> None:

@@ -11,7 +11,9 @@ import asyncio
 import os
 import re
 import signal
+import sys
 import time
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -64,6 +66,17 @@ def _raise() -> None:
     raise RuntimeError("corrupt parquet footer")
 
 
+def _shallow_stack() -> None:
+    """Leave this worker, once its candles are loaded, a few frames of stack
+    beyond the scan's own: the formula overflows it when evaluated (as a
+    formula too deep for the stack would, for every symbol)."""
+    depth = 0
+    frame: types.FrameType | None = sys._getframe()
+    while frame is not None:
+        depth, frame = depth + 1, frame.f_back
+    sys.setrecursionlimit(depth + 10)
+
+
 FAULTS: dict[str, Callable[[], object]] = {
     "SLEEP": lambda: time.sleep(3600),
     "SPIN": _spin,
@@ -73,8 +86,12 @@ FAULTS: dict[str, Callable[[], object]] = {
     "KILL": lambda: os.kill(os.getpid(), signal.SIGKILL),
     "RAISE": _raise,
     "HOG": _hog,
+    "DEEP": _shallow_stack,  # after loading the candles
     "SLOW": lambda: time.sleep(0.4),
 }
+
+
+AFTER_LOAD = frozenset({"DEEP"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +103,13 @@ class FaultyRepository(ParquetCandleRepository):
     ) -> Candles:
         fault, _, real = symbol.partition(".")
         if real and fault in FAULTS:
-            FAULTS[fault]()
+            if fault not in AFTER_LOAD:
+                FAULTS[fault]()
             symbol = real
-        return ParquetCandleRepository.load(self, symbol, timeframe, start=start, end=end)
+        candles = ParquetCandleRepository.load(self, symbol, timeframe, start=start, end=end)
+        if real and fault in AFTER_LOAD:
+            FAULTS[fault]()
+        return candles
 
 
 def job(symbols: list[str], **options: object) -> ProcessingJob:
@@ -221,6 +242,22 @@ def test_max_workers_defaults_to_the_cpu_count(repository: FaultyRepository) -> 
 
 
 # ------------------------------------------------------------------ lifecycle
+
+
+def test_a_formula_failing_at_evaluation_fails_the_batch_once(
+    repository: FaultyRepository,
+) -> None:
+    before = children()
+    symbols = [*SYMBOLS[:20], "DEEP.S0020", *SYMBOLS[21:60]]
+    with ProcessingEngine(repository, max_workers=2) as engine:
+        results: list[ProcessingResult] = []
+        with pytest.raises(FormulaError, match="nested too deep to evaluate") as caught:
+            results.extend(engine.iter_batch(job(symbols)))
+        assert caught.value.text == FORMULA
+        assert len(results) < len(symbols) and all(r.ok for r in results)
+        pids = engine.pids()
+    assert wait_gone(pids, timeout_s=5.0) == []
+    assert children() <= before
 
 
 def test_a_bad_formula_fails_before_any_process_starts(repository: FaultyRepository) -> None:

@@ -7,7 +7,8 @@ import pickle
 import pytest
 
 from orchestrator.apps.batch.engine import FormulaError, parse_formula
-from orchestrator.apps.batch.engine.formula import render
+from orchestrator.apps.batch.engine.formula import MAX_LENGTH, MAX_NESTING, MAX_NODES, render
+from orchestrator.apps.batch.engine.functions import FUNCTIONS
 from orchestrator.apps.batch.engine.lexer import TokenKind, tokenize
 
 
@@ -55,6 +56,19 @@ def test_precedence_and_canonical_form(text: str, expected: str) -> None:
         ("macd_hist() > 0", "macd_hist(close, 12, 26, 9)"),
         ("macd_signal(5, 35) > 0", "macd_signal(close, 5, 35, 9)"),
         ("close > bbands_upper(20)", "bbands_upper(close, 20, 2)"),
+        ("close > bbands_upper()", "bbands_upper(close, 20, 2)"),
+        ("stddev(close, 20) > 1", "stddev(close, 20, 1)"),
+        ("wma(9) > 1", "wma(close, 9)"),
+        ("adx() > 25", "adx(14)"),
+        ("plus_di() > 1", "plus_di(14)"),
+        ("stoch_k() > 80", "stoch_k(5, 3, 3)"),
+        ("stoch_d(14) > 80", "stoch_d(14, 3, 3)"),
+        ("close > vwap()", "vwap(0)"),
+        ("abs(close - open) > 1", "abs(close - open)"),
+        ("max(open, close) > 1", "max(open, close)"),
+        ("min(close, 5) > 1", "min(close, 5)"),
+        ("close[1] > 1", "shift(close, 1)"),
+        ("shift() > 1", "shift(close, 1)"),
         ("close > bbands_lower(close, 20, 1.5)", "bbands_lower(close, 20, 1.5)"),
         ("atr() > 1", "atr(14)"),
         ("roc(high) > 1", "roc(high, 10)"),
@@ -77,6 +91,46 @@ def test_nested_and_repeated_indicators_are_listed_once_in_order() -> None:
         "ema(close, 9)",
         "ema(close, 21)",
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("close > close[1]", "(close > shift(close, 1))"),
+        ("close > highest(high, 20)[1]", "(close > shift(highest(high, 20), 1))"),
+        ("(close - open)[2] > 0", "(shift(close - open, 2) > 0)"),
+        ("close[1][1] > close[2]", "(shift(shift(close, 1), 1) > shift(close, 2))"),
+        ("-close[1] < 0", "(-shift(close, 1) < 0)"),
+        ("close[n] > close[2 * n]", "(shift(close, 3) > shift(close, 6))"),
+    ],
+)
+def test_a_lag_is_a_shift_of_any_series(text: str, expected: str) -> None:
+    assert canonical(text, n=3) == expected
+
+
+def test_every_function_is_described_with_its_defaults() -> None:
+    described = {spec.signature for spec in FUNCTIONS.values()}
+    assert "bbands_upper([source,] period=20, nbdev=2)" in described
+    assert "rsi([source,] period=14)" in described
+    assert "abs(source)" in described and "max(a, b)" in described
+    assert "shift([source,] bars=1)" in described
+
+
+def test_formulas_at_the_limits_parse_and_beyond_them_say_which_limit() -> None:
+    parse_formula("(" * MAX_NESTING + "close > 1" + ")" * MAX_NESTING)
+    with pytest.raises(FormulaError) as deep:
+        parse_formula("(" * 500 + "close > 1" + ")" * 500)  # once a RecursionError
+    assert f"limit {MAX_NESTING}" in deep.value.message and deep.value.column == MAX_NESTING + 1
+    with pytest.raises(FormulaError, match=f"limit {MAX_NESTING}"):
+        parse_formula("sma(" * 40 + "close" + ", 2)" * 40 + " > 1")
+    with pytest.raises(FormulaError, match=f"limit {MAX_NESTING}"):
+        parse_formula("not " * 40 + "close > 1")
+    with pytest.raises(FormulaError) as large:
+        parse_formula(" and ".join(["close > open"] * 100))  # once a failure in the engine
+    assert f"limit {MAX_NODES}" in large.value.message and large.value.position > 0
+    with pytest.raises(FormulaError) as long:
+        parse_formula(" and ".join(["close > 1"] * 500))
+    assert f"limit {MAX_LENGTH}" in long.value.message and long.value.position == MAX_LENGTH
 
 
 def test_parameters_are_numbers_the_formula_names() -> None:
@@ -113,6 +167,15 @@ def test_bad_parameters_are_refused(parameters: dict[str, object], message: str)
         ("sma(20, 3) > 1", "too many arguments", 9),
         ("sma(close, 2.5) > 1", "the period of sma() must be a whole number", 12),
         ("sma(close, 0) > 1", "the period of sma() must be >= 1, got 0", 12),
+        ("rsi(1) < 30", "the period of rsi() must be >= 2, got 1", 5),
+        ("sma(close, 200000) > 1", "the period of sma() must be <= 100000, got 200000", 12),
+        ("abs() > 1", "abs() needs an argument: abs(source)", 1),
+        ("max(close) > 1", "max() needs 2 arguments: max(a, b)", 1),
+        ("close[1.5] > 1", "the bars of shift() must be a whole number", 7),
+        ("close[volume] > 1", "the bars of shift() must be a number known in advance", 7),
+        ("close[-1] > 1", "the bars of shift() must be >= 0, got -1", 7),
+        ("(close > 1)[1]", "'[...]' (a lag) needs a number, got a condition", 2),
+        ("close[1 > 1", "expected ']' to close the '['", 12),
         ("sma(close, volume) > 1", "the period of sma() must be a number known in advance", 12),
         ("sma(close > 1, 5) > 1", "sma() needs a number, got a condition", 5),
         ("crosses_above(close) ", "crosses_above() needs 2 arguments", 1),

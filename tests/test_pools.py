@@ -83,10 +83,27 @@ def _hang(action: str, pid_file: Path) -> None:
         block = bytearray(b"x") * (400 << 20)  # touched, so resident
         time.sleep(3600)
         del block
+    elif action == "daemon":  # and return
+        _start_daemon(pid_file.with_suffix(".daemon"))
+    elif action == "daemon_then_hang":
+        _start_daemon(pid_file.with_suffix(".daemon"))
+        time.sleep(3600)
+    elif action == "daemon_then_die":
+        _start_daemon(pid_file.with_suffix(".daemon"))
+        os._exit(3)
     elif action == "child":
         child = subprocess.Popen(["sleep", "3600"])
         pid_file.with_suffix(".child").write_text(str(child.pid))
         time.sleep(3600)
+
+
+def _start_daemon(pid_file: Path) -> None:
+    """A ``setsid`` daemon, orphaned at once (its shell exits): ``pid_file`` says its pid."""
+    script = "setsid sleep 3600 </dev/null >/dev/null 2>&1 & echo $!"
+    shell = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
+    daemon = int(shell.stdout)
+    assert wait_until(lambda: os.getsid(daemon) == daemon, timeout_s=5.0)  # its own session
+    pid_file.write_text(str(daemon))
 
 
 def _settings(**overrides: object) -> PoolSettings:
@@ -171,6 +188,25 @@ def test_a_timeout_kills_the_workers_children_too(pool: KillablePool, tmp_path: 
     assert outcome.kind is OutcomeKind.TIMEOUT
     child = _read_pid(pid_file.with_suffix(".child"))
     assert wait_gone([_read_pid(pid_file), child], timeout_s=5.0) == []
+
+
+def test_no_daemon_a_task_started_outlives_it(pool: KillablePool, tmp_path: Path) -> None:
+    """Returned, timed out or crashed: the task's setsid daemons die with it."""
+    returned = tmp_path / "returned.pid"
+    (done,) = pool.run([Task("returns", ("daemon", str(returned)), timeout_s=10)])
+    assert done.ok and done.value is None
+    assert wait_gone([_read_pid(returned.with_suffix(".daemon"))], timeout_s=5.0) == []
+    hung, died = tmp_path / "hung.pid", tmp_path / "died.pid"
+    tasks = [
+        Task("hangs", ("daemon_then_hang", str(hung)), timeout_s=2.0),
+        Task("dies", ("daemon_then_die", str(died)), timeout_s=10),
+    ]
+    outcomes = _by_key(list(pool.run(tasks)))
+    assert outcomes["hangs"].kind is OutcomeKind.TIMEOUT
+    assert outcomes["dies"].kind is OutcomeKind.DIED
+    daemons = [_read_pid(hung.with_suffix(".daemon")), _read_pid(died.with_suffix(".daemon"))]
+    assert wait_gone(daemons, timeout_s=5.0) == []
+    assert len(list(pool.run(_squares(4)))) == 4  # the pool goes on
 
 
 def test_a_memory_hog_is_killed_at_its_cap(pool: KillablePool, tmp_path: Path) -> None:

@@ -6,12 +6,15 @@ import itertools
 import math
 import pickle
 
+import numpy as np
 import pytest
+import talib
 
 from orchestrator.apps.scanner.detection import PatternEngine
 from orchestrator.apps.scanner.patterns import alert_fields
 from orchestrator.apps.scanner.rolling import SymbolState, Windows
-from orchestrator.apps.scanner.scanner_settings import PatternSettings
+from orchestrator.apps.scanner.scanner_settings import EmaSeed, PatternSettings
+from tests.market_data import market
 
 DAY = 1_700_006_400  # a UTC midnight: the session (open 00:00) starts here
 SETTINGS = PatternSettings(opening_range_s=300)
@@ -43,19 +46,17 @@ def scripted_rows(symbol: str = "AAA", ticks: int = 320) -> list[tuple[str, str,
 
 
 def first_momentum(rows: list[tuple[str, str, str, str]], start: int, sign: int) -> int:
-    """An independent reading of the MOMENTUM rule: the first index from ``start``."""
+    """An independent reading of the MOMENTUM rule (EMAs from TA-Lib): the first
+    index from ``start``."""
     s = SETTINGS
-    fast = slow = float(rows[0][1])
     prices = [float(r[1]) for r in rows]
+    fast, slow = talib.EMA(np.array(prices), s.ema_fast), talib.EMA(np.array(prices), s.ema_slow)
     cum_pv = cum_v = 0.0
     for i, (_, p, v, _) in enumerate(rows):
         price = float(p)
         cum_pv, cum_v = cum_pv + price * float(v), cum_v + float(v)
-        if i:
-            fast += 2 / (s.ema_fast + 1) * (price - fast)
-            slow += 2 / (s.ema_slow + 1) * (price - slow)
         velocity = price / prices[max(0, i - s.lookback_ticks)] - 1
-        spread = fast / slow - 1
+        spread = fast[i] / slow[i] - 1
         if (
             i >= start
             and sign * spread >= s.momentum_spread
@@ -204,3 +205,41 @@ def test_idle_symbols_are_evicted_and_state_pickles() -> None:
 def test_alert_fields_are_strings() -> None:
     fields = alert_fields({"symbol": "AAA", "confidence": 0.5, "time": 1.25, "tick_id": "1-0"})
     assert fields == {"symbol": "AAA", "confidence": "0.5", "time": "1.25", "tick_id": "1-0"}
+
+
+@pytest.mark.parametrize(("name", "scale"), [("EURUSD", 1.0), ("GOOG", 1e-6), ("GOOG", 1e6)])
+def test_tick_by_tick_emas_are_talibs(name: str, scale: float) -> None:
+    """The scanner's own incremental EMAs (TA-Lib has no per-tick state) against
+    ``talib.EMA`` over the same prices: identical, warm-up included (NaN
+    before the span-th tick), on real series at any price scale."""
+    closes = market(name, scale).close
+    settings = PatternSettings()
+    windows = Windows.of(settings)
+    state = SymbolState(windows)
+    fast, slow, spread = [], [], []
+    for i, price in enumerate(closes.tolist()):
+        state.observe(price, 100.0, DAY + 60.0 * i, windows)
+        fast.append(state.ema_fast)
+        slow.append(state.ema_slow)
+        spread.append(state.spread)
+    for ours, span in ((fast, settings.ema_fast), (slow, settings.ema_slow)):
+        expected = talib.EMA(closes, span)
+        assert np.isnan(ours[span - 2]) and not np.isnan(ours[span - 1])  # the same warm-up
+        assert np.array_equal(ours, expected, equal_nan=True)  # bit for bit
+    ratio = talib.EMA(closes, settings.ema_fast) / talib.EMA(closes, settings.ema_slow) - 1
+    np.testing.assert_allclose(spread, np.nan_to_num(ratio), rtol=1e-9, atol=1e-15)
+
+
+def test_first_price_seeding_is_kept_as_an_option() -> None:
+    settings = PatternSettings(ema_seed=EmaSeed.FIRST, ema_fast=3, ema_slow=5)
+    windows = Windows.of(settings)
+    state = SymbolState(windows)
+    prices = [10.0, 11.0, 12.0, 11.0, 13.0, 14.0]
+    fast = slow = prices[0]
+    for i, price in enumerate(prices):
+        state.observe(price, 1.0, DAY + i, windows)
+        if i:
+            fast += 0.5 * (price - fast)
+            slow += (2 / 6) * (price - slow)
+        assert (state.ema_fast, state.ema_slow) == pytest.approx((fast, slow), rel=1e-15)
+    assert state.spread == pytest.approx(fast / slow - 1)

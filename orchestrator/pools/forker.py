@@ -27,7 +27,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.pools.poolchild import resolve, worker_main
-from orchestrator.pools.pooltypes import PoolAborted, PoolError, PoolSettings
+from orchestrator.pools.pooltypes import (
+    POOL_TAG_VARIABLE,
+    PoolAborted,
+    PoolError,
+    PoolSettings,
+)
 from orchestrator.pools.wire import PACKET_BYTES
 from orchestrator.procs import kill_tree, signal_tree, snapshot_tree
 
@@ -162,12 +167,13 @@ class Launcher:
         return self.control.fileno()
 
     @classmethod
-    def start(cls, settings: PoolSettings, wake_fd: int) -> Launcher:
+    def start(cls, settings: PoolSettings, wake_fd: int, tag: str) -> Launcher:
+        """Start the launcher, its processes tagged ``tag`` (``POOL_TAG_VARIABLE``)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         argv = [sys.executable, "-c", _BOOTSTRAP, _json_path(), str(theirs.fileno())]
         popen = subprocess.Popen(
             argv,
-            env={**os.environ, **settings.env},
+            env={**os.environ, **settings.env, POOL_TAG_VARIABLE: tag},
             stdin=subprocess.DEVNULL,
             pass_fds=(theirs.fileno(),),
             close_fds=True,

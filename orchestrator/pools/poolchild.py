@@ -5,12 +5,22 @@ order: between two, it takes in what the parent sent (more tasks, a new
 batch context, tasks revoked from its queue, stop). Each task's reply
 carries its result or its error (``describe_exception``) and the monotonic
 time it ended, by which the parent times the next one.
+
+No process a task starts outlives it (``Leftovers``): the worker is a child
+subreaper, so a task's orphans (a ``setsid`` daemon whose parent exited)
+re-parent to it rather than to init, and after each task whatever is still
+running below the worker is SIGKILLed and reaped. The worker's processes
+also carry its tag (``POOL_TAG_VARIABLE``): the parent finds by it any that
+escaped its tree when it kills the worker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import pickle
+import signal
 import socket
 import time
 from collections import deque
@@ -18,9 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.pools.pooltypes import POOL_TAG_VARIABLE
 from orchestrator.pools.wire import Channel
+from orchestrator.procs import set_subreaper, snapshot_tree
 
-__all__ = ["describe_exception", "resolve", "worker_main"]
+__all__ = ["Leftovers", "describe_exception", "resolve", "worker_main"]
+
+_MAX_SWEEPS = 20  # rounds of kill-and-reap; each catches the orphans of the last
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,20 +58,63 @@ def describe_exception(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+class Leftovers:
+    """The processes a task left running below this worker, ended after it.
+
+    Checking costs one ``pread`` of the main thread's ``children`` file (a
+    fraction of a microsecond): orphans re-parent to the main thread of a
+    subreaper. Children that a task started from another thread and left
+    running are not seen here; the parent's kill of the worker's tree (and
+    tag) ends them with the worker.
+    """
+
+    def __init__(self) -> None:
+        set_subreaper()
+        pid = os.getpid()
+        try:
+            self._fd = os.open(f"/proc/{pid}/task/{pid}/children", os.O_RDONLY)
+        except OSError:  # no children file: look for the tree every time
+            self._fd = -1
+
+    def any(self) -> bool:
+        if self._fd < 0:
+            return len(snapshot_tree(os.getpid())) > 1
+        try:
+            return bool(os.pread(self._fd, 64, 0).strip())
+        except OSError:
+            return True
+
+    def end(self) -> int:
+        """SIGKILL and reap everything below this worker; how many rounds it took."""
+        rounds = 0
+        while rounds < _MAX_SWEEPS and self.any():
+            rounds += 1
+            below = snapshot_tree(os.getpid())[1:]  # all at once: none forks away
+            for proc in below:
+                with contextlib.suppress(OSError):
+                    os.kill(proc.pid, signal.SIGKILL)
+            for proc in below:  # our children die; theirs re-parent to us: next round
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(proc.pid, 0)
+        return rounds
+
+
 def worker_main(
     sock: socket.socket, target: Callable[..., Any], init: Callable[[], Any] | None
 ) -> int:
+    os.environ[POOL_TAG_VARIABLE] = f"{os.environ.get(POOL_TAG_VARIABLE, '')}w{os.getpid()}"
+    leftovers = Leftovers()
     channel = Channel(sock)
     if init is not None:
         init()
     try:
         channel.send(("ready",))
-        return _serve_tasks(channel, target)
+        return _serve_tasks(channel, target, leftovers)
     except (BrokenPipeError, ConnectionResetError):
         return 0  # the pool let us go, or is gone
 
 
-def _serve_tasks(channel: Channel, target: Callable[..., Any]) -> int:
+def _serve_tasks(channel: Channel, target: Callable[..., Any], leftovers: Leftovers) -> int:
     """Run tasks in order; between two, take in what the parent sent
     (more tasks, a new context, tasks revoked from this queue, stop)."""
     context: object = None
@@ -82,7 +139,9 @@ def _serve_tasks(channel: Channel, target: Callable[..., Any]) -> int:
             return 0
         if queue:
             seq, payload = queue.popleft()
-            _send_reply(channel, _run_task(target, context, seq, payload))
+            reply = _run_task(target, context, seq, payload)
+            leftovers.end()  # before the reply: the next task starts clean
+            _send_reply(channel, reply)
 
 
 def _send_reply(channel: Channel, reply: tuple[str, int, bool, object, float, float]) -> None:

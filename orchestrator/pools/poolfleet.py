@@ -2,13 +2,16 @@
 
 ``Fleet`` holds the launcher and the workers, registers their sockets in
 the pool's selector, spawns, retires and SIGKILLs workers (their whole
-tree), collects their exit statuses, restarts a launcher that died, and on
-close ends everything: workers, their children, the launcher.
+tree, and whatever carries its tag), collects their exit statuses,
+restarts a launcher that died, and on close ends everything: workers,
+their children, the launcher, and any process still tagged with the pool.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import os
 import selectors
 import signal
 import time
@@ -16,14 +19,15 @@ import time
 import psutil
 
 from orchestrator.pools.forker import Launcher, LauncherLost
-from orchestrator.pools.pooltypes import PoolError, PoolSettings
+from orchestrator.pools.pooltypes import POOL_TAG_VARIABLE, PoolError, PoolSettings
 from orchestrator.pools.records import Worker, WorkerState
 from orchestrator.pools.wire import Channel
-from orchestrator.procs import ExitStatus, signal_tree, snapshot_tree
+from orchestrator.procs import ExitStatus, kill_tagged, signal_tree, snapshot_tree
 
 __all__ = ["MAX_LAUNCHER_RESTARTS", "Fleet"]
 
 MAX_LAUNCHER_RESTARTS = 3
+_FLEETS = itertools.count()
 
 
 class Fleet:
@@ -36,6 +40,8 @@ class Fleet:
         self.launcher: Launcher | None = None
         self.workers: dict[int, Worker] = {}
         self.restarts = 0
+        self.tag = f"pool-{os.getpid()}-{next(_FLEETS)}/"  # see POOL_TAG_VARIABLE
+        self.swept = True  # nothing tagged can be running: never started, or swept
 
     def live(self) -> list[Worker]:
         return [w for w in self.workers.values() if w.live]
@@ -46,7 +52,8 @@ class Fleet:
         return [self.launcher.pid, *(w.pid for w in self.live())]
 
     def start(self, wake_fd: int) -> None:
-        self.launcher = Launcher.start(self.settings, wake_fd)
+        self.swept = False
+        self.launcher = Launcher.start(self.settings, wake_fd, self.tag)
         self.selector.register(self.launcher.fileno(), selectors.EVENT_READ, None)
 
     def spawn(self) -> bool:
@@ -62,8 +69,9 @@ class Fleet:
         return True
 
     def exits(self) -> list[tuple[Worker, ExitStatus]] | None:
-        """Workers reaped since the last call (None: the launcher is gone).
-        Workers we killed or retired are dropped silently."""
+        """Workers reaped since the last call (None: the launcher is gone),
+        once what their tasks left running is killed. Workers we killed or
+        retired are dropped silently."""
         assert self.launcher is not None
         try:
             reaped = self.launcher.exits()
@@ -73,8 +81,13 @@ class Fleet:
         for pid, status in reaped:
             worker = self.workers.pop(pid, None)
             if worker is not None and worker.state is not WorkerState.DYING:
+                kill_tagged(self.worker_tag(worker), POOL_TAG_VARIABLE)  # its orphans went to init
                 exits.append((worker, ExitStatus.from_wait_status(status)))
         return exits
+
+    def worker_tag(self, worker: Worker) -> str:
+        """What the worker's processes carry in ``POOL_TAG_VARIABLE``."""
+        return f"{self.tag}w{worker.pid}"
 
     def retire(self, worker: Worker) -> None:
         with contextlib.suppress(OSError):
@@ -84,8 +97,10 @@ class Fleet:
 
     def terminate(self, worker: Worker) -> None:
         """SIGKILL the worker's tree (snapshotted first, so children
-        re-parented at its death are still found); expect nothing more."""
+        re-parented at its death are still found) and whatever carries its
+        tag (a daemon of its task that left the tree); expect nothing more."""
         signal_tree(snapshot_tree(worker.pid), signal.SIGKILL)
+        kill_tagged(self.worker_tag(worker), POOL_TAG_VARIABLE)
         self.forget(worker)
         worker.state = WorkerState.DYING
 
@@ -109,7 +124,7 @@ class Fleet:
         return lost
 
     def close(self) -> None:
-        """Everything ends: workers, their children, the launcher."""
+        """Everything ends: workers, their children, the launcher, the tagged."""
         tree = snapshot_tree(self.launcher.pid) if self.launcher is not None else []
         for worker in self.workers.values():
             self.forget(worker)
@@ -118,6 +133,9 @@ class Fleet:
         alive = [p for p in tree if p.is_running()]
         signal_tree(alive, signal.SIGKILL)
         psutil.wait_procs(alive, timeout=self.settings.close_grace_s)
+        if not self.swept:  # a scan of every process: once
+            kill_tagged(self.tag, POOL_TAG_VARIABLE, prefix=True)  # escaped every tree
+            self.swept = True
 
     def _drop_launcher(self, grace_s: float) -> None:
         launcher, self.launcher = self.launcher, None

@@ -16,6 +16,7 @@ from orchestrator.cpus import usable_cpus
 
 __all__ = [
     "MIN_SPARE",
+    "POOL_TAG_VARIABLE",
     "RETAIN_MEMORY_ENV",
     "SINGLE_THREAD_ENV",
     "WORKER_ENV",
@@ -33,6 +34,11 @@ MIN_SPARE = 8
 cores: a stalled task (a sleep, a blocked read) costs its worker's memory
 but no CPU, and each stands in only until the stalled task's timeout. With
 no more spares than cores, a few hanging tasks at once would idle the CPUs."""
+
+POOL_TAG_VARIABLE = "ORCH_POOL_TAG"
+"""Every process of a pool carries the pool's tag in this variable, a
+worker's processes (and what its tasks start) the worker's: ``<pool>/w<pid>``.
+It finds them once they have left the worker's tree (``procs.kill_tagged``)."""
 
 SINGLE_THREAD_ENV: Mapping[str, str] = MappingProxyType(
     {

@@ -58,7 +58,10 @@ class Worker:
         return self.state in (WorkerState.STARTING, WorkerState.READY)
 
     def new_head(self) -> None:
-        self.cpu_mark, self.stalled, self.next_sample_s = None, False, 0.0
+        """A new task runs; its memory is sampled on the worker's own period
+        (``next_sample_s`` is kept: one sample per task would cost the parent
+        more than a task of a few milliseconds)."""
+        self.cpu_mark, self.stalled = None, False
 
 
 @dataclass(slots=True, eq=False)

@@ -10,7 +10,7 @@ key, with its default::
       repository: orchestrator.apps.batch.engine.candles:ParquetCandleRepository
                                     # "module:Class", built as Class(data_root)
       timeout: 60                   # seconds per symbol, unless a job says otherwise
-      memory_mb: null               # RSS cap per symbol's process tree (null: none)
+      memory_mb: 1024               # RSS cap per symbol's process tree (null: none)
       max_workers: auto             # engine processes; auto = the CPUs this host lets us use
       shard_size: 500               # a larger batch is split into shards (0: never)
       progress_interval: 0.5        # seconds between progress updates (at least 0.5)
@@ -43,7 +43,7 @@ class BatchSettings:
     results_dir: str = "var/batches"
     repository: str = "orchestrator.apps.batch.engine.candles:ParquetCandleRepository"
     timeout_s: float = 60.0
-    memory_mb: float | None = None
+    memory_mb: float | None = 1024.0  # engine.processing.DEFAULT_MEMORY_MB
     max_workers: int = 1  # resolved: ``auto`` is this host's CPU count
     shard_size: int = 500
     progress_interval_s: float = MIN_PROGRESS_INTERVAL_S
@@ -66,7 +66,7 @@ def parse_batch_settings(s: Section, cpu_count: int | None = None) -> BatchSetti
         results_dir=_path(s, "results_dir", d.results_dir),
         repository=_target(s, "repository", d.repository),
         timeout_s=s.number("timeout", d.timeout_s, min=0.01, max=86400),
-        memory_mb=_optional_number(s, "memory_mb", min_value=16),
+        memory_mb=_optional_number(s, "memory_mb", d.memory_mb, min_value=16),
         max_workers=_workers(s, "max_workers", cpu_count or usable_cpus()),
         shard_size=s.integer("shard_size", d.shard_size, min=0),
         progress_interval_s=s.number(
@@ -94,7 +94,10 @@ def _target(s: Section, key: str, default: str) -> str:
     return str(value)
 
 
-def _optional_number(s: Section, key: str, min_value: float) -> float | None:
+def _optional_number(s: Section, key: str, default: float | None, min_value: float) -> float | None:
+    """``key`` absent: ``default``; ``null``: None (no limit); else a number."""
+    if not s.has(key):
+        return default
     if s.raw(key) is None:
         return None
     value: Any = s.number(key, None, min=min_value)

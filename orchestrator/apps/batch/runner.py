@@ -4,7 +4,8 @@ For each job (a shard, or a whole batch that is not split):
 
 1. read and check it: a job that can never run (bad formula, unknown
    timeframe, missing keys) is dead-lettered at once with the reason, and
-   the batch marked failed;
+   the batch marked failed; so is one whose formula fails at evaluation
+   (the engine stops at the first symbol that says so);
 2. a job that names more than ``batch.shard_size`` symbols and no shards is
    split: its shards go on the same queue, registered with the batch in one
    Lua call, and the job itself is done;
@@ -37,7 +38,7 @@ from loguru import logger
 
 from orchestrator.apps.batch.batch_record import BatchState, Ledger, ShardRecord, batch_fields
 from orchestrator.apps.batch.batch_settings import BatchSettings
-from orchestrator.apps.batch.engine import CandleRepository, ProcessingEngine
+from orchestrator.apps.batch.engine import CandleRepository, FormulaError, ProcessingEngine
 from orchestrator.apps.batch.progress import Pacer, ShardProgress
 from orchestrator.apps.batch.request import BATCH_ID, BatchRejected, BatchRequest, check_request
 from orchestrator.apps.batch.results import encode_part, merge_parts, result_line, write_results
@@ -162,6 +163,8 @@ class BatchRunner:
                     progress.add(result)
                     if progress.due():
                         self.ledger.shard(batch_id, shard, progress.update())
+        except FormulaError as exc:  # parsed, but cannot be evaluated: no retry helps
+            raise BatchRejected(f"formula: {exc}") from None
         except PoolAborted:
             done = progress.completed
             if progress.updates:  # its record says running: it is not

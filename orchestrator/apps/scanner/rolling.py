@@ -14,7 +14,12 @@ cumulative day volume) and ``ts`` (epoch seconds, a float). For each tick
   have been seen).
 - ``velocity``: price / (price ``lookback_ticks`` ticks ago) - 1.
 - ``ema_fast`` / ``ema_slow``: EMAs with spans in ticks (alpha = 2/(span+1)),
-  seeded with the first price; ``spread`` = ema_fast / ema_slow - 1.
+  including this tick. ``ema_seed: sma`` (the default) seeds each as TA-Lib
+  does, with the mean of its first ``span`` prices: NaN before, then the
+  same value as ``talib.EMA`` over the symbol's ticks, bit for bit.
+  ``ema_seed: first`` seeds both with the first price (defined from the
+  first tick, further from TA-Lib's for the first few spans). ``spread`` =
+  ema_fast / ema_slow - 1 (0.0 while ema_slow is not defined).
 - ``vwap(price)``: session volume-weighted average price including this tick
   (from the sums ``cum_pv`` / ``cum_v``; ``price`` while no volume traded).
 - Opening range: high/low of the ticks in the first ``opening_range_s`` of
@@ -34,7 +39,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from orchestrator.apps.scanner.scanner_settings import PatternSettings
+from orchestrator.apps.scanner.scanner_settings import EmaSeed, PatternSettings
 
 DAY_S = 86400.0
 MIN_STD_FRACTION = 0.05
@@ -47,6 +52,10 @@ class Windows:
 
     alpha_fast: float
     alpha_slow: float
+    span_fast: int
+    span_slow: int
+    seeded_after: int  # ticks after which both EMAs just run (the warm-up is over)
+    sma_seed: bool
     volume_window: int
     lookback: int
     session_open_s: float
@@ -54,9 +63,14 @@ class Windows:
 
     @classmethod
     def of(cls, s: PatternSettings) -> Windows:
+        sma_seed = s.ema_seed is EmaSeed.SMA
         return cls(
             alpha_fast=2.0 / (s.ema_fast + 1),
             alpha_slow=2.0 / (s.ema_slow + 1),
+            span_fast=s.ema_fast,
+            span_slow=s.ema_slow,
+            seeded_after=s.ema_slow if sma_seed else 1,
+            sma_seed=sma_seed,
             volume_window=s.volume_window,
             lookback=s.lookback_ticks,
             session_open_s=s.session_open_utc_s,
@@ -77,8 +91,8 @@ class SymbolState:
     __slots__ = (
         "count", "cum_pv", "cum_v", "ema_fast", "ema_slow", "high", "last_alert", "last_ts",
         "low", "or_done", "or_end", "or_high", "or_low", "prev_high", "prev_low", "prev_price",
-        "prices", "session_end", "spread", "velocity", "vol_m2", "vol_mean", "vol_replaced",
-        "volumes", "z",
+        "prices", "seed_sum", "session_end", "spread", "velocity", "vol_m2", "vol_mean",
+        "vol_replaced", "volumes", "z",
     )  # fmt: skip
 
     def __init__(self, w: Windows) -> None:
@@ -90,6 +104,7 @@ class SymbolState:
         self.or_done = False
         self.cum_pv = self.cum_v = 0.0
         self.ema_fast = self.ema_slow = self.spread = 0.0
+        self.seed_sum = 0.0  # of the first ema_slow prices (sma seeding)
         self.prices: deque[float] = deque(maxlen=w.lookback)
         self.high, self.low, self.velocity = -_INF, _INF, 0.0
         self.volumes: deque[float] = deque(maxlen=w.volume_window)
@@ -107,11 +122,12 @@ class SymbolState:
         if self.count:
             self.prev_price = prices[-1]
             self.velocity = price / prices[0] - 1.0
+        if self.count >= w.seeded_after:  # TA-Lib's order: (price - ema) * k + ema
             self.ema_fast = ema_fast = self.ema_fast + w.alpha_fast * (price - self.ema_fast)
             self.ema_slow = ema_slow = self.ema_slow + w.alpha_slow * (price - self.ema_slow)
             self.spread = ema_fast / ema_slow - 1.0
         else:
-            self.ema_fast = self.ema_slow = price
+            self._seed_emas(price, w)
         if n > 1:
             self.z = zscore(volume, n, self.vol_mean, self.vol_m2)
         self.prev_high, self.prev_low = self.high, self.low
@@ -130,6 +146,24 @@ class SymbolState:
         self.push_volume(vols, volume)
         self.count += 1
         self.last_ts = ts
+
+    def _seed_emas(self, price: float, w: Windows) -> None:
+        """The EMAs over the first ticks: see the module doc."""
+        if not w.sma_seed:  # the first tick: both start on its price
+            self.ema_fast = self.ema_slow = price
+            return
+        self.seed_sum += price
+        n = self.count + 1  # ticks including this one
+        self.ema_fast = self._seeded(self.ema_fast, price, w.alpha_fast, n, w.span_fast)
+        self.ema_slow = self._seeded(self.ema_slow, price, w.alpha_slow, n, w.span_slow)
+        self.spread = self.ema_fast / self.ema_slow - 1.0 if n == w.span_slow else 0.0
+
+    def _seeded(self, ema: float, price: float, alpha: float, n: int, span: int) -> float:
+        if n < span:
+            return math.nan
+        if n == span:
+            return self.seed_sum / span
+        return ema + alpha * (price - ema)
 
     def vwap(self, price: float) -> float:
         """Session VWAP including the latest tick; ``price`` while no volume traded."""

@@ -25,6 +25,7 @@ key, with its default::
         opening_range: 900           # seconds after the session open
         ema_fast: 12                 # EMA spans, in ticks
         ema_slow: 26
+        ema_seed: sma                # sma: TA-Lib's (the mean of the first span prices) | first
         volume_window: 50            # ticks in the volume mean/std window
         lookback_ticks: 50           # ticks for recent high/low and velocity
         warmup_ticks: 20             # ticks a symbol needs before any alert
@@ -61,6 +62,7 @@ from orchestrator.validate import Section
 __all__ = [
     "BacklogPolicy",
     "DiscoverySettings",
+    "EmaSeed",
     "PatternSettings",
     "ScannerRef",
     "ScannerSettings",
@@ -79,6 +81,11 @@ class BacklogPolicy(StrEnum):
     SHED_OLDEST = "shed_oldest"
 
 
+class EmaSeed(StrEnum):
+    SMA = "sma"  # TA-Lib's: the mean of the first ``span`` prices
+    FIRST = "first"  # the first price
+
+
 @dataclass(frozen=True, slots=True)
 class PatternSettings:
     """What the pool processes need: indicator windows and detector rules."""
@@ -88,6 +95,7 @@ class PatternSettings:
     opening_range_s: float = 900.0
     ema_fast: int = 12
     ema_slow: int = 26
+    ema_seed: EmaSeed = EmaSeed.SMA
     volume_window: int = 50
     lookback_ticks: int = 50
     warmup_ticks: int = 20
@@ -104,6 +112,8 @@ class PatternSettings:
             value = getattr(self, name)
             if name == "session_open_utc_s":
                 value = f"{int(value) // 3600:02d}:{int(value) % 3600 // 60:02d}"
+            elif isinstance(value, StrEnum):
+                value = value.value
             out[name.removesuffix("_s")] = value
         return out
 
@@ -226,6 +236,7 @@ def _parse_patterns(s: Section) -> PatternSettings:
         opening_range_s=s.number("opening_range", d.opening_range_s, min=0, max=86400),
         ema_fast=s.integer("ema_fast", d.ema_fast, min=1),
         ema_slow=s.integer("ema_slow", d.ema_slow, min=2),
+        ema_seed=EmaSeed(s.string("ema_seed", d.ema_seed.value, [e.value for e in EmaSeed])),
         volume_window=s.integer("volume_window", d.volume_window, min=2, max=100_000),
         lookback_ticks=s.integer("lookback_ticks", d.lookback_ticks, min=1, max=100_000),
         warmup_ticks=s.integer("warmup_ticks", d.warmup_ticks, min=2),

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import cast
 
 from orchestrator.apps.batch.engine.candles import CandleRepository
@@ -111,12 +111,14 @@ class ProcessingEngine:
         """Results of ``job`` in completion order.
 
         The formula is parsed here: a ``FormulaError`` is raised before any
-        process starts. Stopping the iteration early kills the workers busy
-        with the rest of the batch.
+        process starts. One that parses but cannot be evaluated (see
+        ``evaluate``) raises its ``FormulaError`` from the iteration, once,
+        and the batch stops. Stopping the iteration early kills the workers
+        busy with the rest of the batch.
         """
         spec = ScanSpec.for_job(self._repository, job)
         tasks = [Task(symbol, symbol, job.timeout_s, job.memory_mb) for symbol in job.symbols]
-        return map(_result, self._current_pool().run(tasks, spec))
+        return _results(self._current_pool().run(tasks, spec))
 
     async def process_batch(
         self, job: ProcessingJob, progress_callback: ProgressCallback | None = None
@@ -166,10 +168,20 @@ class ProcessingEngine:
         )
 
 
+def _results(outcomes: Generator[Outcome]) -> Iterator[ProcessingResult]:
+    """The pool's run as results; the run ends (its busy workers killed) as
+    soon as this iteration stops, whether closed, exhausted or failing."""
+    with contextlib.closing(outcomes):
+        for outcome in outcomes:
+            yield _result(outcome)
+
+
 def _result(outcome: Outcome) -> ProcessingResult:
     elapsed_ms = outcome.elapsed_s * 1000
     if outcome.ok:
         scan = cast(SymbolScan, outcome.value)
+        if scan.formula_error is not None:
+            raise scan.formula_error
         return ProcessingResult(outcome.key, scan.match_times(), scan.indicators, elapsed_ms)
     if outcome.kind is OutcomeKind.TIMEOUT:
         return ProcessingResult(outcome.key, (), {}, elapsed_ms, TIMEOUT_ERROR)

@@ -5,6 +5,12 @@ floats. Conditions use three-valued logic: a comparison with a NaN side is
 *unknown*, not false, so ``not (rsi(14) < 30)`` does not match during the
 warm-up, while ``x or y`` is true as soon as one side is (Kleene logic,
 as in SQL). A bar matches where the formula is known to be true.
+
+A failure is reported, never a traceback: one caused by the formula itself
+(too deep for this process' stack) is a ``FormulaError`` (the batch
+fails: every symbol would fail alike); one while computing a function on
+this symbol's data is an ``EvaluationError`` naming the call (that
+symbol's error).
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ from orchestrator.apps.batch.engine.formula import (
     render,
 )
 from orchestrator.apps.batch.engine.indicators import Array
+from orchestrator.apps.batch.engine.lexer import FormulaError
 
-__all__ = ["Evaluation", "Truth", "evaluate"]
+__all__ = ["Evaluation", "EvaluationError", "Truth", "evaluate"]
 
 Mask = npt.NDArray[np.bool_]
 
@@ -48,6 +55,10 @@ _COMPARE: dict[str, Callable[[Any, Any], Any]] = {
     "==": operator.eq,
     "!=": operator.ne,
 }
+
+
+class EvaluationError(ValueError):
+    """A function failed on one symbol's data; the message names the call."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,22 +85,33 @@ Value = Array | float | Truth
 class Evaluation:
     matches: Mask  # per bar: the formula is known to be true
     indicators: dict[str, float | None]  # last value of each indicator
+    series: dict[str, Array]  # every value of each indicator (stays in the worker)
 
 
 def evaluate(formula: Formula, candles: Candles) -> Evaluation:
     evaluator = _Evaluator(candles)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        truth = evaluator.value(formula.root)
-        indicators = {render(call): _last(evaluator.value(call)) for call in formula.indicators}
+    try:
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            truth = evaluator.value(formula.root)
+            series = {render(c): _series(evaluator.value(c)) for c in formula.indicators}
+    except RecursionError:
+        raise FormulaError(
+            "the formula is nested too deep to evaluate here: simplify it", formula.text, 0
+        ) from None
     if not isinstance(truth, Truth):  # parse_formula guarantees a condition
         raise TypeError(f"formula {formula.text!r} is not a condition")
-    return Evaluation(truth.true, indicators)
+    indicators = {name: _last(values) for name, values in series.items()}
+    return Evaluation(truth.true, indicators, series)
 
 
-def _last(value: Value) -> float | None:
-    if isinstance(value, Truth):
-        raise TypeError("an indicator is a number")
-    last = float(value[-1]) if isinstance(value, np.ndarray) and len(value) else float("nan")
+def _series(value: Value) -> Array:
+    if isinstance(value, Truth) or not isinstance(value, np.ndarray):
+        raise TypeError("an indicator is a number series")
+    return value
+
+
+def _last(values: Array) -> float | None:
+    last = float(values[-1]) if len(values) else float("nan")
     return None if np.isnan(last) else last
 
 
@@ -111,6 +133,9 @@ class _Evaluator:
             return self._binary(node)
         return self._call(node)
 
+    def _column(self, name: str) -> npt.NDArray[Any]:
+        return self.candles.timestamp if name == "timestamp" else self.candles.column(name)
+
     def _binary(self, node: Binary) -> Value:
         left, right = self.value(node.left), self.value(node.right)
         if node.op == "and":
@@ -127,14 +152,19 @@ class _Evaluator:
     def _call(self, node: Call) -> Value:
         spec = node.spec
         inputs = [_as_array(_number(self.value(s)), self.size) for s in node.sources]
-        inputs += [self.candles.column(name) for name in spec.columns]
+        inputs += [self._column(name) for name in spec.columns]
         key = render(Call(spec.family, node.sources, node.params, 0))  # macd_hist -> macd(...)
         outputs = self.families.get(key)
         if outputs is None:
             args = [
                 int(v) if p.integer else v for p, v in zip(spec.params, node.params, strict=True)
             ]
-            outputs = spec.compute(*inputs, *args)
+            try:
+                outputs = spec.compute(*inputs, *args)
+            except RecursionError:
+                raise  # the formula's fault, not the data's: see evaluate
+            except Exception as exc:  # TA-Lib raises plain Exception
+                raise EvaluationError(f"{render(node)}: {type(exc).__name__}: {exc}") from None
             self.families[key] = outputs
         if spec.boolean:
             return Truth(outputs[0], outputs[1])

@@ -9,21 +9,31 @@ Grammar, loosest binding first::
     comparison := sum [("<" | "<=" | ">" | ">=" | "==" | "!=") sum]
     sum        := product (("+" | "-") product)*
     product    := unary (("*" | "/") unary)*
-    unary      := "-" unary | primary
+    unary      := "-" unary | lagged
+    lagged     := primary ("[" or "]")*
     primary    := NUMBER | NAME | NAME "(" [or ("," or)*] ")" | "(" or ")"
 
 A NAME is a column (open high low close volume), a job parameter (a
-number) or, before "(", a function (see ``functions``). Every node is a
-number series or a true/false series, checked while parsing: ``and`` needs
-conditions, ``<`` needs numbers, and the whole formula must be a condition.
-Arithmetic on constants is folded, so ``sma(close, 2 * n)`` works with a
-parameter ``n``. Nothing here evaluates user text as Python.
+number) or, before "(", a function (see ``functions``). ``x[n]`` is any
+numeric ``x`` as it was ``n`` bars ago (``shift(x, n)``): ``close >
+close[1]``, ``close > highest(high, 20)[1]``. Every node is a number series
+or a true/false series, checked while parsing: ``and`` needs conditions,
+``<`` needs numbers, and the whole formula must be a condition. Arithmetic
+on constants is folded, so ``sma(close, 2 * n)`` works with a parameter
+``n``. Nothing here evaluates user text as Python.
+
+Limits keep any formula harmless to the engine (which evaluates, renders
+and pickles the tree recursively): at most ``MAX_LENGTH`` characters,
+``MAX_NESTING`` levels of brackets, calls, lags and unary operators inside
+one another, and ``MAX_NODES`` nodes (numbers, columns, operators, calls).
+Each is a ``FormulaError`` naming the limit and where it was passed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -32,6 +42,9 @@ from orchestrator.apps.batch.engine.lexer import KEYWORDS, FormulaError, Token, 
 
 __all__ = [
     "COLUMN_NAMES",
+    "MAX_LENGTH",
+    "MAX_NESTING",
+    "MAX_NODES",
     "Binary",
     "Call",
     "Column",
@@ -47,6 +60,9 @@ __all__ = [
 COLUMN_NAMES = ("open", "high", "low", "close", "volume")
 COMPARISONS = ("<", "<=", ">", ">=", "==", "!=")
 ARITHMETIC = ("+", "-", "*", "/")
+MAX_LENGTH = 4000  # characters
+MAX_NESTING = 32  # brackets, calls, lags, "not" and "-" inside one another
+MAX_NODES = 256  # numbers, columns, operators and calls, defaults included
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +153,15 @@ def _unbracket(text: str) -> str:
 def parse_formula(text: str, parameters: Mapping[str, float] | None = None) -> Formula:
     """Parse and type-check ``text``; ``FormulaError`` says what and where."""
     params = _check_parameters(parameters or {})
+    if len(text) > MAX_LENGTH:
+        raise FormulaError(
+            f"the formula is too long: {len(text)} characters (limit {MAX_LENGTH})",
+            text,
+            MAX_LENGTH,
+        )
     parser = _Parser(text, params)
     root = parser.parse()
+    _check_size(text, root)
     if not is_condition(root):
         raise FormulaError(
             "a formula must be a condition (true/false), e.g. close > sma(close, 20)",
@@ -158,6 +181,33 @@ def _check_parameters(parameters: Mapping[str, float]) -> dict[str, float]:
             raise ValueError(f"parameter {name!r} must be a number, got {value!r}")
         checked[key] = float(value)
     return checked
+
+
+def _children(node: Node) -> tuple[Node, ...]:
+    if isinstance(node, Call):
+        return node.sources
+    if isinstance(node, Binary):
+        return (node.left, node.right)
+    if isinstance(node, Unary):
+        return (node.operand,)
+    return ()
+
+
+def _check_size(text: str, root: Node) -> None:
+    """At most ``MAX_NODES`` nodes; the error points at the first one too many."""
+    count = 0
+    stack: list[Node] = [root]
+    while stack:  # pre-order, left first: roughly the order of the text
+        node = stack.pop()
+        count += 1
+        if count > MAX_NODES:
+            raise FormulaError(
+                f"the formula is too large: more than {MAX_NODES} terms (numbers, columns, "
+                f"operators, calls; limit {MAX_NODES}): split it or simplify it",
+                text,
+                node.position,
+            )
+        stack.extend(reversed(_children(node)))
 
 
 def _indicators(root: Node) -> tuple[Call, ...]:
@@ -189,6 +239,7 @@ class _Parser:
         self.parameters = parameters
         self.tokens = tokenize(text)
         self.index = 0
+        self.depth = 0  # nesting, see MAX_NESTING
 
     # ---- token helpers
 
@@ -218,6 +269,21 @@ class _Parser:
 
     def _fail(self, message: str, position: int) -> NoReturn:
         raise FormulaError(message, self.text, position)
+
+    @contextlib.contextmanager
+    def _nested(self, token: Token) -> Iterator[None]:
+        """One level deeper (a bracket, a call, a lag, 'not' or '-'), within ``MAX_NESTING``."""
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            self._fail(
+                f"the formula nests too deep: more than {MAX_NESTING} levels of brackets, "
+                f"calls, lags, 'not' and '-' (limit {MAX_NESTING})",
+                token.position,
+            )
+        try:
+            yield
+        finally:
+            self.depth -= 1
 
     def _need(self, node: Node, condition: bool, what: str) -> Node:
         """Check that ``node`` is a condition (``condition``) or a number."""
@@ -258,7 +324,9 @@ class _Parser:
     def _not(self) -> Node:
         if self._at("not"):
             op = self._take()
-            return Unary("not", self._need(self._not(), True, "'not'"), op.position)
+            with self._nested(op):
+                operand = self._not()
+            return Unary("not", self._need(operand, True, "'not'"), op.position)
         return self._comparison()
 
     def _comparison(self) -> Node:
@@ -307,11 +375,23 @@ class _Parser:
     def _unary(self) -> Node:
         if self._at("-"):
             op = self._take()
-            operand = self._need(self._unary(), False, "'-'")
+            with self._nested(op):
+                operand = self._need(self._unary(), False, "'-'")
             if isinstance(operand, Number):
                 return Number(-operand.value, op.position)
             return Unary("-", operand, op.position)
-        return self._primary()
+        return self._lagged()
+
+    def _lagged(self) -> Node:
+        node = self._primary()
+        while self._at("["):
+            bracket = self._take()
+            with self._nested(bracket):
+                bars = self._or()
+                self._expect("]", "to close the '['")
+            self._need(node, False, "'[...]' (a lag)")
+            node = _CallBuilder(self, FUNCTIONS["shift"], bracket.position).finish([node], [bars])
+        return node
 
     def _primary(self) -> Node:
         token = self.token
@@ -321,9 +401,9 @@ class _Parser:
         if token.kind is TokenKind.NAME:
             return self._name()
         if self._at("("):
-            self._take()
-            node = self._or()
-            self._expect(")", "to close the '('")
+            with self._nested(self._take()):
+                node = self._or()
+                self._expect(")", "to close the '('")
             return node
         self._fail(f"expected a number, a name or '(', found {self._found()}", token.position)
 
@@ -359,14 +439,14 @@ class _Parser:
         self._fail(f"unknown {kind} '{name}' ({hint})", position)
 
     def _call(self, spec: FunctionSpec, position: int) -> Call:
-        self._take()  # "("
         args: list[Node] = []
-        if not self._at(")"):
-            args.append(self._or())
-            while self._at(","):
-                self._take()
+        with self._nested(self._take()):  # "("
+            if not self._at(")"):
                 args.append(self._or())
-        self._expect(")", f"to close the call of {spec.name}")
+                while self._at(","):
+                    self._take()
+                    args.append(self._or())
+            self._expect(")", f"to close the call of {spec.name}")
         return _CallBuilder(self, spec, position).build(args)
 
 
@@ -382,7 +462,9 @@ class _CallBuilder:
         self.parser._fail(message, self.position if position is None else position)
 
     def build(self, args: list[Node]) -> Call:
-        sources, rest = self._split(args)
+        return self.finish(*self._split(args))
+
+    def finish(self, sources: list[Node], rest: list[Node]) -> Call:
         for source in sources:
             self.parser._need(source, False, f"{self.spec.name}()")
         if len(rest) > len(self.spec.params):
@@ -394,12 +476,13 @@ class _CallBuilder:
 
     def _split(self, args: list[Node]) -> tuple[list[Node], list[Node]]:
         count = self.spec.sources
-        if count == 1:
+        if count == 1 and self.spec.implicit_source:
             if args and not isinstance(args[0], Number):
                 return args[:1], args[1:]
             return [Column("close", self.position)], args
         if len(args) < count:
-            self._fail(f"{self.spec.name}() needs {count} arguments: {self.spec.signature}")
+            what = "an argument" if count == 1 else f"{count} arguments"
+            self._fail(f"{self.spec.name}() needs {what}: {self.spec.signature}")
         return args[:count], args[count:]
 
     def _param(self, index: int, given: list[Node]) -> float:
@@ -419,10 +502,10 @@ class _CallBuilder:
             self._fail(
                 f"the {param.name} of {self.spec.name}() must be a whole number", node.position
             )
-        if value < param.minimum:
-            minimum = f"{param.minimum:g}"
+        if not param.minimum <= value <= param.maximum:
+            bound = f">= {param.minimum:g}" if value < param.minimum else f"<= {param.maximum:g}"
             self._fail(
-                f"the {param.name} of {self.spec.name}() must be >= {minimum}, got {value:g}",
+                f"the {param.name} of {self.spec.name}() must be {bound}, got {value:g}",
                 node.position,
             )
         return value

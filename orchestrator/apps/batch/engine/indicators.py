@@ -1,231 +1,200 @@
-"""Technical indicators, vectorised with numpy, following TA-Lib.
+"""Technical indicators: TA-Lib's own, and the few TA-Lib does not have.
 
-Every function takes float64 arrays and returns arrays of the same length,
-NaN where TA-Lib has no output yet (its "lookback"):
+Every indicator TA-Lib has is computed by TA-Lib itself (the ``ta-lib``
+wheel bundles its C library): a formula's ``rsi(14)`` is what a quant gets
+from ``talib.RSI(close, 14)``, bit for bit, with its warm-up (NaN until
+its lookback), its seeding (EMAs start from the SMA of their first N
+values, Wilder's averages from the mean of their first N) and no cutoff
+at any price scale. Leading NaNs of an input (an indicator of an
+indicator) are skipped by TA-Lib: the outer one starts on the first valid
+value.
 
-========================  ============================  =====================
-function                  definition                    first value at index
-========================  ============================  =====================
-sma(x, n)                 mean of the last n            n - 1
-ema(x, n)                 k = 2/(n+1), seeded with the  n - 1
-                          SMA of the first n
-rsi(x, n)                 Wilder-smoothed gains/losses, n
-                          seeded with their n-mean
-atr(h, l, c, n)           Wilder-smoothed true range,   n
-                          seeded with the mean of TR[1..n]
-macd(x, f, s, g)          TA-Lib's MACD: the fast EMA   s + g - 2
-                          is seeded on x[s-f..s-1] so
-                          both EMAs start at s - 1
-bbands(x, n, k)           SMA +- k population stddevs   n - 1
-highest/lowest(x, n)      max/min of the last n         n - 1
-roc(x, n)                 (x / x[-n] - 1) * 100         n
-========================  ============================  =====================
+========================  ===================================  ============
+function                  TA-Lib call                          first value
+========================  ===================================  ============
+sma/ema/wma(x, n)         SMA/EMA/WMA(x, n)                    n - 1
+rsi(x, n)                 RSI(x, n)                            n
+atr(h, l, c, n)           ATR(h, l, c, n)                      n
+adx(h, l, c, n)           ADX(h, l, c, n)                      2n - 1
+plus_di/minus_di(h,l,c,n) PLUS_DI/MINUS_DI(h, l, c, n)         n
+macd(x, f, s, g)          MACD(x, f, s, g)                     s + g - 2
+bbands(x, n, k)           BBANDS(x, n, k, k, SMA)              n - 1
+stddev(x, n, k)           STDDEV(x, n, k) (population)         n - 1
+highest/lowest(x, n)      MAX/MIN(x, n)                        n - 1
+roc(x, n)                 ROC(x, n)                            n
+stoch(h, l, c, k, sk, d)  STOCH(h, l, c, k, sk, SMA, d, SMA)   k + sk + d - 3
+========================  ===================================  ============
 
-The recursive ones (EMA, Wilder) use ``linear_recurrence``, a log-depth
-scan. Leading NaNs of an input (an indicator of an indicator) are skipped:
-the indicator starts on the first valid value, as TA-Lib does when called
-on the valid part.
+Our own, where TA-Lib has nothing: ``vwap`` (TA-Lib has no VWAP), ``shift``
+(a lag) and the element-wise ``absolute``, ``minimum``, ``maximum``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import talib
+from talib._ta_lib import MA_Type  # typed there; talib re-exports it untyped
 
 __all__ = [
+    "absolute",
+    "adx",
     "atr",
     "bbands",
     "ema",
     "highest",
-    "linear_recurrence",
     "lowest",
     "macd",
+    "maximum",
+    "minimum",
+    "minus_di",
+    "plus_di",
     "roc",
     "rsi",
+    "shift",
     "sma",
-    "true_range",
+    "stddev",
+    "stoch",
+    "vwap",
+    "wma",
 ]
 
 Array = npt.NDArray[np.float64]
+Stamps = npt.NDArray[np.datetime64]
 
-_NEGLIGIBLE = 1e-18  # a^shift below this no longer changes a float64 sum
-_TA_EPSILON = 1e-8  # TA-Lib's TA_IS_ZERO
-
-
-def linear_recurrence(z: Array, a: float) -> Array:
-    """``y[0] = z[0]; y[t] = a * y[t-1] + z[t]`` without a Python loop.
-
-    Hillis-Steele scan: after the step with ``shift`` s, ``y[t]`` sums the
-    last 2s terms. It stops once ``a**s`` is negligible, so an EMA of a long
-    series needs only about log2(period) + 6 steps.
-    """
-    y = np.array(z, dtype=np.float64, copy=True)
-    shift, factor = 1, a
-    while shift < len(y) and abs(factor) > _NEGLIGIBLE:
-        y[shift:] += factor * y[:-shift]
-        shift *= 2
-        factor *= factor
-    return y
+_SMA = MA_Type.SMA  # the moving average of BBANDS and STOCH
 
 
-def _nan(n: int) -> Array:
-    return np.full(n, np.nan)
+def _f64(value: Any) -> Array:
+    """A TA-Lib output as a typed float64 array."""
+    return np.asarray(value, dtype=np.float64)
 
 
-def _on_valid(fn: Callable[[Array], Array], x: Array) -> Array:
-    """Apply ``fn`` to ``x`` after its leading NaNs; pad the result back."""
-    return _on_valid_parts(lambda v: (fn(v),), x)[0]
-
-
-def _on_valid_parts(fn: Callable[[Array], tuple[Array, ...]], x: Array) -> tuple[Array, ...]:
-    if len(x) == 0 or not np.isnan(x[0]):
-        return fn(x)
-    valid = np.flatnonzero(~np.isnan(x))
-    start = int(valid[0]) if len(valid) else len(x)
-    parts = fn(x[start:])
-    outs = tuple(_nan(len(x)) for _ in parts)
-    for out, part in zip(outs, parts, strict=True):
-        out[start:] = part
-    return outs
-
-
-def _smoothed(values: Array, seed: float, alpha: float) -> Array:
-    """``y[0] = seed; y[t] = (1 - alpha) * y[t-1] + alpha * values[t]``."""
-    z = alpha * values
-    z[0] = seed
-    return linear_recurrence(z, 1.0 - alpha)
+def _in(x: Array) -> Array:
+    """TA-Lib reads contiguous float64 buffers only."""
+    return np.ascontiguousarray(x, dtype=np.float64)
 
 
 def sma(x: Array, period: int) -> Array:
-    return _on_valid(lambda v: _sma(v, period), x)
-
-
-def _sma(x: Array, period: int) -> Array:
-    out = _nan(len(x))
-    if len(x) >= period:
-        sums = np.cumsum(np.concatenate(([0.0], x)))
-        out[period - 1 :] = (sums[period:] - sums[:-period]) / period
-    return out
+    return _f64(talib.SMA(_in(x), period))
 
 
 def ema(x: Array, period: int) -> Array:
-    return _on_valid(lambda v: _ema(v, period, 0), x)
+    return _f64(talib.EMA(_in(x), period))
 
 
-def _ema(x: Array, period: int, seed_at: int) -> Array:
-    """TA-Lib's EMA seeded with the mean of ``x[seed_at : seed_at + period]``."""
-    out = _nan(len(x))
-    first = seed_at + period - 1
-    if len(x) > first:
-        seed = float(np.mean(x[seed_at : first + 1]))
-        out[first:] = _smoothed(x[first:].copy(), seed, 2.0 / (period + 1))
-    return out
+def wma(x: Array, period: int) -> Array:
+    return _f64(talib.WMA(_in(x), period))
 
 
 def rsi(x: Array, period: int = 14) -> Array:
-    return _on_valid(lambda v: _rsi(v, period), x)
-
-
-def _rsi(x: Array, period: int) -> Array:
-    out = _nan(len(x))
-    if len(x) <= period:
-        return out
-    change = np.diff(x)
-    gain = np.where(change > 0, change, 0.0)
-    loss = np.where(change < 0, -change, 0.0)
-    alpha = 1.0 / period
-    avg_gain = _smoothed(gain[period - 1 :].copy(), float(gain[:period].mean()), alpha)
-    avg_loss = _smoothed(loss[period - 1 :].copy(), float(loss[:period].mean()), alpha)
-    total = avg_gain + avg_loss
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out[period:] = np.where(np.abs(total) < _TA_EPSILON, 0.0, 100.0 * avg_gain / total)
-    return out
-
-
-def true_range(high: Array, low: Array, close: Array) -> Array:
-    """TA-Lib's TRANGE: NaN at 0, then the widest of the three ranges."""
-    out = _nan(len(close))
-    if len(close) > 1:
-        previous = close[:-1]
-        out[1:] = np.maximum.reduce(
-            [high[1:] - low[1:], np.abs(high[1:] - previous), np.abs(low[1:] - previous)]
-        )
-    return out
+    return _f64(talib.RSI(_in(x), period))
 
 
 def atr(high: Array, low: Array, close: Array, period: int = 14) -> Array:
-    out = _nan(len(close))
-    if len(close) <= period:
-        return out
-    tr = true_range(high, low, close)
-    if period == 1:
-        return tr
-    seed = float(tr[1 : period + 1].mean())
-    out[period:] = _smoothed(tr[period:].copy(), seed, 1.0 / period)
-    return out
+    return _f64(talib.ATR(_in(high), _in(low), _in(close), period))
+
+
+def adx(high: Array, low: Array, close: Array, period: int = 14) -> Array:
+    return _f64(talib.ADX(_in(high), _in(low), _in(close), period))
+
+
+def plus_di(high: Array, low: Array, close: Array, period: int = 14) -> Array:
+    return _f64(talib.PLUS_DI(_in(high), _in(low), _in(close), period))
+
+
+def minus_di(high: Array, low: Array, close: Array, period: int = 14) -> Array:
+    return _f64(talib.MINUS_DI(_in(high), _in(low), _in(close), period))
 
 
 def macd(x: Array, fast: int = 12, slow: int = 26, signal: int = 9) -> tuple[Array, Array, Array]:
-    """(line, signal, histogram), all starting at ``slow + signal - 2``."""
-    if slow < fast:
-        fast, slow = slow, fast
-    line, sig, hist = _on_valid_parts(lambda v: _macd(v, fast, slow, signal), x)
-    return line, sig, hist
+    """(line, signal, histogram), all starting at ``max(fast, slow) + signal - 2``."""
+    line, sig, hist = talib.MACD(_in(x), fast, slow, signal)
+    return _f64(line), _f64(sig), _f64(hist)
 
 
-def _macd(x: Array, fast: int, slow: int, signal: int) -> tuple[Array, Array, Array]:
-    n = len(x)
-    line, sig, hist = _nan(n), _nan(n), _nan(n)
-    start = slow - 1  # both EMAs begin here
-    first = start + signal - 1
-    if n <= first:
-        return line, sig, hist
-    raw = _ema(x, slow, 0)[start:]
-    raw = _ema(x, fast, slow - fast)[start:] - raw
-    signal_line = _ema(raw, signal, 0)
-    line[first:] = raw[signal - 1 :]
-    sig[first:] = signal_line[signal - 1 :]
-    hist[first:] = line[first:] - sig[first:]
-    return line, sig, hist
+def bbands(x: Array, period: int = 20, nbdev: float = 2.0) -> tuple[Array, Array, Array]:
+    """(upper, middle, lower): the SMA +- ``nbdev`` population standard deviations."""
+    upper, middle, lower = talib.BBANDS(_in(x), period, nbdev, nbdev, _SMA)
+    return _f64(upper), _f64(middle), _f64(lower)
 
 
-def bbands(x: Array, period: int = 5, nbdev: float = 2.0) -> tuple[Array, Array, Array]:
-    """(upper, middle, lower) with the population standard deviation."""
-    middle = sma(x, period)
-    mean_sq = sma(x * x, period)
-    with np.errstate(invalid="ignore"):
-        variance = mean_sq - middle * middle
-        std = np.where(variance > _TA_EPSILON, np.sqrt(np.maximum(variance, 0.0)), 0.0)
-    std = np.where(np.isnan(middle), np.nan, std)
-    return middle + nbdev * std, middle, middle - nbdev * std
+def stddev(x: Array, period: int, nbdev: float = 1.0) -> Array:
+    return _f64(talib.STDDEV(_in(x), period, nbdev))
 
 
 def highest(x: Array, period: int) -> Array:
-    return _on_valid(lambda v: _window(v, period, np.max), x)
+    return _f64(talib.MAX(_in(x), period))
 
 
 def lowest(x: Array, period: int) -> Array:
-    return _on_valid(lambda v: _window(v, period, np.min), x)
-
-
-def _window(x: Array, period: int, reduce: Callable[..., Array]) -> Array:
-    out = _nan(len(x))
-    if len(x) >= period:
-        windows = np.lib.stride_tricks.sliding_window_view(x, period)
-        out[period - 1 :] = reduce(windows, axis=1)
-    return out
+    return _f64(talib.MIN(_in(x), period))
 
 
 def roc(x: Array, period: int = 10) -> Array:
-    return _on_valid(lambda v: _roc(v, period), x)
+    return _f64(talib.ROC(_in(x), period))
 
 
-def _roc(x: Array, period: int) -> Array:
-    out = _nan(len(x))
-    if len(x) > period:
-        before = x[:-period]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out[period:] = np.where(before != 0.0, (x[period:] / before - 1.0) * 100.0, 0.0)
+def stoch(
+    high: Array, low: Array, close: Array, fastk: int = 5, slowk: int = 3, slowd: int = 3
+) -> tuple[Array, Array]:
+    """(%K, %D) of the slow stochastic, both smoothed with SMAs (TA-Lib's defaults)."""
+    k, d = talib.STOCH(_in(high), _in(low), _in(close), fastk, slowk, _SMA, slowd, _SMA)
+    return _f64(k), _f64(d)
+
+
+def vwap(
+    high: Array, low: Array, close: Array, volume: Array, timestamp: Stamps, period: int = 0
+) -> Array:
+    """Volume-weighted average of the typical price ``(high + low + close) / 3``.
+
+    ``period`` 0: since the session (calendar day of the bar) began, bar
+    included: the intraday VWAP; on daily bars, each bar's typical price.
+    ``period`` N: over the last N bars (NaN before the N-th). A window that
+    traded no volume has no VWAP (NaN).
+    """
+    typical = (high + low + close) / 3.0
+    weighted = typical * volume
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if period == 1:  # TA-Lib's SUM needs 2 or more
+            return _f64(weighted / volume)
+        if period > 1:
+            return _f64(talib.SUM(_in(weighted), period) / talib.SUM(_in(volume), period))
+        return _session_sum(weighted, timestamp) / _session_sum(volume, timestamp)
+
+
+def _session_sum(x: Array, timestamp: Stamps) -> Array:
+    """Running sum of ``x`` restarting at each new calendar day."""
+    if len(x) == 0:
+        return _f64(x)
+    days = timestamp.astype("datetime64[D]")
+    starts = np.flatnonzero(np.r_[True, days[1:] != days[:-1]])
+    lengths = np.diff(np.r_[starts, len(x)])
+    totals = np.cumsum(x)
+    before = np.r_[0.0, totals[starts[1:] - 1]]  # the running sum before each session
+    return _f64(totals - np.repeat(before, lengths))
+
+
+def shift(x: Array, bars: int) -> Array:
+    """``x`` as it was ``bars`` bars ago (NaN for the first ``bars``)."""
+    if bars == 0:
+        return x
+    out = np.full(len(x), np.nan)
+    if bars < len(x):
+        out[bars:] = x[:-bars]
     return out
+
+
+def absolute(x: Array) -> Array:
+    return np.abs(x)
+
+
+def minimum(a: Array, b: Array) -> Array:
+    """Element-wise; NaN (unknown) where either side is."""
+    return np.minimum(a, b)
+
+
+def maximum(a: Array, b: Array) -> Array:
+    return np.maximum(a, b)

@@ -31,7 +31,6 @@ import numpy.typing as npt
 import polars as pl
 
 from orchestrator.apps.batch.engine.candles import ParquetCandleRepository
-from orchestrator.apps.batch.engine.indicators import linear_recurrence
 
 __all__ = ["DEFAULT_END", "generate_candles", "session_bars", "symbol_names", "write_dataset"]
 
@@ -40,6 +39,7 @@ SESSION_OPEN = time(9, 30)
 SESSION_MINUTES = 390  # 09:30 to 16:00
 _HOLIDAYS = ((1, 1), (7, 4), (12, 25))
 _SPIKE_PROBABILITY = 0.01
+_NEGLIGIBLE = 1e-18  # a^shift below this no longer changes a float64 sum
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +51,22 @@ class _Profile:
     drift: float
     volume: float
     persistence: float  # of log-volatility, per day
+
+
+def linear_recurrence(z: npt.NDArray[np.float64], a: float) -> npt.NDArray[np.float64]:
+    """``y[0] = z[0]; y[t] = a * y[t-1] + z[t]`` without a Python loop.
+
+    Hillis-Steele scan: after the step with ``shift`` s, ``y[t]`` sums the
+    last 2s terms. It stops once ``a**s`` is negligible, so an AR(1) of a
+    long series needs only about log2(1 / (1 - a)) + 6 steps.
+    """
+    y = np.array(z, dtype=np.float64, copy=True)
+    shift, factor = 1, a
+    while shift < len(y) and abs(factor) > _NEGLIGIBLE:
+        y[shift:] += factor * y[:-shift]
+        shift *= 2
+        factor *= factor
+    return y
 
 
 def symbol_names(count: int, prefix: str = "S") -> list[str]:
