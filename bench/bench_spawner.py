@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import redis
 import yaml
 from redis.connection import Connection
@@ -84,6 +85,9 @@ def _trials(r: redis.Redis, log_path: Path, live: bool) -> dict[str, Any]:
     if live:  # a first job brings the worker that then waits for the trials
         r.xadd("jobs", {"payload": json.dumps({"id": "warm"})})
         _wait(lambda: r.hget("bench:handled", "warm"))
+        _wait(lambda: _waiting_worker(r))
+        time.sleep(0.5)  # the fork server makes its next standby once requests pause
+        memory = _memory(r)
     for trial in range(TRIALS):
         if live:
             _wait(lambda: _waiting_worker(r))
@@ -97,7 +101,29 @@ def _trials(r: redis.Redis, log_path: Path, live: bool) -> dict[str, Any]:
         if not live:  # the spawn line may come after the handler started
             spawned = _wait(lambda t=trial: (times := _spawn_times(log_path))[t:] and times)
             spawn_share.append(spawned[trial] - sent)
-    return {"total": total, "spawn": spawn_share}
+    return {"total": total, "spawn": spawn_share, **(memory if live else {})}
+
+
+def _memory(r: redis.Redis) -> dict[str, float]:
+    """USS (MiB) of the live worker, and of the fork server's standby (the
+    spawner's other Python child that is no worker, no fork server, no guard)."""
+    lease = json.loads(next(iter(r.hvals("orch:leases:bench"))))
+    worker = psutil.Process(int(lease["pid"]))
+    spawner = worker.parent()
+    assert spawner is not None
+    children = spawner.children()
+    fork_server = min(children, key=lambda p: p.create_time())  # started first
+    others = [
+        p
+        for p in children
+        if p.pid not in (worker.pid, fork_server.pid)
+        and "orchestrator.guard" not in " ".join(p.cmdline())
+    ]
+    mib = 2**20
+    return {
+        "worker_uss_mib": worker.memory_full_info().uss / mib,
+        "standby_uss_mib": sum(p.memory_full_info().uss for p in others) / mib,
+    }
 
 
 def _waiting_worker(r: redis.Redis) -> bool:
@@ -191,6 +217,10 @@ def main() -> None:
     print(_summary("from zero workers", zero["total"], base.total_s))
     print(_summary("  of which XADD -> spawned", zero["spawn"], base.total_s))
     print(_summary("with a live worker", live["total"], base.total_s))
+    print(
+        f"  memory: a live worker {live['worker_uss_mib']:.1f} MiB USS; "
+        f"the fork server's standby {live['standby_uss_mib']:.1f} MiB USS"
+    )
     s50, z50 = percentile(zero["spawn"], 50), percentile(zero["total"], 50)
     print(f"  from zero: the spawner's share {s50 / z50:.0%} of p50, the rest is worker start-up")
     print(

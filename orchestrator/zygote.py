@@ -333,25 +333,38 @@ def _warm_up(redis_url: str) -> None:
     """Run what a worker's start runs, on throwaway values: a forked process
     pays a copy-on-write fault for every page it first writes, a few
     milliseconds of them on the first pass through redis-py and the
-    runtime. A standby pays them before its job arrives, not after."""
-    from orchestrator.connections import connect
+    runtime. A standby pays them before its job arrives, not after; and
+    connects the worker's and its heartbeat's clients, which it keeps."""
     from orchestrator.worker import Heartbeat, Settings, WorkerRuntime
     from orchestrator.worker.jobs import per_job
-    from orchestrator.worker.runtime import keep_spare
+    from orchestrator.worker.runtime import keep_spare, keep_spare_client, worker_client
 
-    env = {"ORCH_QUEUE": "warm-up", "ORCH_REDIS_URL": redis_url, "ORCH_STREAM": "warm-up"}
-    settings = Settings.from_env(env)
+    settings = Settings.from_env(_WARM_UP_ENV | {"ORCH_REDIS_URL": redis_url})
     _set_environ({**os.environ, "ORCH_WARM_UP": "1"})
     _set_environ({k: v for k, v in os.environ.items() if k != "ORCH_WARM_UP"})
-    _script_path(__file__, env)
+    _script_path(__file__, _WARM_UP_ENV)
     with contextlib.suppress(Exception):  # Redis down: warm as far as it goes
-        client = connect(redis_url, decode=True, single_connection=True, fail_fast=False)
-        client.ping()
+        keep_spare(settings)  # the worker's own connections, made before its job comes
+        client = worker_client(settings)  # the spare itself: taken and put back
         WorkerRuntime(settings, per_job(lambda job: None), client)
         Heartbeat(settings, 0)
-        client.close()
-        keep_spare(settings)  # the worker's own connection, made before its job comes
+        keep_spare_client(settings.redis_url, client)
     json.loads(json.dumps({"payload": "{}"}))
+
+
+# Every variable a spawned worker has (the defaults would import the config).
+_WARM_UP_ENV = {
+    "ORCH_QUEUE": "warm-up",
+    "ORCH_WORKER_ID": "warm-up",
+    "ORCH_STREAM": "warm-up",
+    "ORCH_GROUP": "workers",
+    "ORCH_CONSUMER": "warm-up",
+    "ORCH_DEADLINE": "0",
+    "ORCH_IDLE_TIMEOUT": "5",
+    "ORCH_MAX_ATTEMPTS": "3",
+    "ORCH_BATCH_SIZE": "100",
+    "ORCH_RQ_SERIALIZER": "json",
+}
 
 
 def _fork_through_middle(

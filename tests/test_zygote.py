@@ -38,7 +38,7 @@ def test_forked_worker_is_warm_and_the_spawners_child(
 ) -> None:
     sp, report = run_one(redis_url, r, spawner_factory)
     assert report["warm"] is True  # forked from the fork server, imports done
-    assert report["ppid"] == sp.pid  # re-parented: the spawner reaps it
+    assert report["ppid"] == sp.pid  # the spawner's own child: it reaps it
     assert report["value"] == "from PYTHONPATH"
     assert report["main"] == "__main__"
     assert report["argv"] == [worker_script("env_report.py")]
@@ -79,3 +79,56 @@ def test_workers_planned_together_are_forked_together_each_with_its_own_identity
     spawned = {pid: worker_id for worker_id, _, pid, _ in sp.spawned()}
     assert {rep["pid"] for rep in got} == set(spawned)
     assert {rep["worker_id"] for rep in got} == set(spawned.values())  # its own ORCH_WORKER_ID
+
+
+def test_workers_are_the_spawners_children_from_their_first_instruction() -> None:
+    """``procs.fork_sibling`` (clone with CLONE_PARENT): the child's first
+    getppid() is already our parent, who reaps it; no re-parenting."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import os, sys\n"
+        "from orchestrator import procs\n"
+        "pid = procs.fork_sibling()\n"
+        "if pid == 0:\n"
+        "    os.write(1, f'ppid {os.getppid()}\\n'.encode())\n"
+        "    os._exit(7)\n"
+        "print('child', pid, flush=True)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    out, _ = child.communicate(timeout=30)
+    said = dict(line.split() for line in out.splitlines())
+    first_ppid, grandchild = int(said["ppid"]), int(said["child"])
+    assert first_ppid == os.getpid()  # our child's child is ours
+    pid, status = os.waitpid(grandchild, 0)  # and we, not it, reap it
+    assert pid == grandchild and os.waitstatus_to_exitcode(status) == 7
+
+
+def test_the_standby_is_no_worker_and_leaves_with_the_spawner(
+    redis_url: str, r: TextRedis, spawner_factory: Any
+) -> None:
+    import psutil
+
+    from orchestrator.procs import wait_gone
+
+    sp = spawner_factory(redis_url, {"ai_processing": report_queue(cooldown=0)})
+    sp.start()
+
+    def standbys() -> list[psutil.Process]:
+        kids = psutil.Process(sp.pid).children()
+        forks = [k for k in kids if "orchestrator.zygote" in " ".join(k.cmdline())]
+        fork_server = min(forks, key=lambda p: p.create_time())
+        return [k for k in forks if k.pid != fork_server.pid]
+
+    standby = wait_until(standbys, 10)[0]
+    sp.wait_log("📊")
+    assert "AI: 0/1 workers" in sp.lines("📊")[-1]  # a standby is never counted
+    r.xadd("ai_processing", {"payload": "{}"})
+    sp.wait_log("exited with code 3")
+    assert reports(sp.out)[0]["pid"] == standby.pid  # it became the worker
+    assert sp.spawned()[0][2] == standby.pid
+    following = wait_until(lambda: [s for s in standbys() if s.pid != standby.pid], 10)[0]
+    assert sp.stop() == 0
+    assert wait_gone([following.pid], 5.0) == []  # gone with the spawner

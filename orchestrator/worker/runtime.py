@@ -94,8 +94,12 @@ def worker_client(settings: Settings) -> redis.Redis:
 
 def keep_spare(settings: Settings) -> None:
     """Connect the clients now for the worker this process will become."""
-    _SPARE[settings.redis_url] = worker_client(settings)
+    keep_spare_client(settings.redis_url, worker_client(settings))
     heartbeat.keep_spare(settings.redis_url)
+
+
+def keep_spare_client(url: str, client: redis.Redis) -> None:
+    _SPARE[url] = client
 
 
 class _StopWaiting(Exception):
