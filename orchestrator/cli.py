@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import click
 import redis
 
-from orchestrator import codec, deadletters, plugins, status
+from orchestrator import codec, control, deadletters, plugins, status
 from orchestrator.config import (
     EMBEDDED,
     Backend,
@@ -26,7 +26,7 @@ from orchestrator.config import (
     describe,
     load_config,
 )
-from orchestrator.connections import REDIS_ERRORS, connect
+from orchestrator.connections import REDIS_ERRORS, connect, redact_url
 from orchestrator.logs import setup_logging
 
 EXIT_OK = 0
@@ -224,6 +224,80 @@ def reap(config_path: str, dry_run: bool) -> None:
         )
     if not results:
         click.echo("no dead consumers")
+
+
+@cli.command()
+@config_option
+@click.argument("queue")
+def pause(config_path: str, queue: str) -> None:
+    """No new workers for QUEUE on any host; live ones finish their job. Entries stay."""
+    config, q = _queue_control(config_path, queue)
+    with redis_errors():
+        control.pause(client_for(config), q.name)
+    click.echo(f"{q.name} paused on every host of {where(config)} within a tick")
+
+
+@cli.command()
+@config_option
+@click.argument("queue")
+def resume(config_path: str, queue: str) -> None:
+    """Undo pause or drain: QUEUE's workers start again."""
+    config, q = _queue_control(config_path, queue)
+    with redis_errors():
+        control.resume(client_for(config), q.name)
+    click.echo(f"{q.name} resumed on every host of {where(config)}")
+
+
+@cli.command()
+@config_option
+@click.argument("queue")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Report when drained.")
+@click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(min=0))
+def drain(config_path: str, queue: str, wait: bool, timeout: float) -> None:
+    """Finish what QUEUE's workers hold, start nothing new, report when empty.
+
+    Exit 1 if it is not drained within --timeout (it goes on draining).
+    """
+    config, q = _queue_control(config_path, queue)
+    client = client_for(config)
+    with redis_errors():
+        control.drain(client, q.name)
+        click.echo(f"{q.name} draining on every host of {where(config)}")
+        if not wait:
+            return
+        rows = status.wait_drained(client, q.name, timeout)
+    if rows is None:
+        click.echo(f"{q.name} not drained after {timeout:g}s (still draining)", err=True)
+        sys.exit(EXIT_FAILURE)
+    click.echo(
+        f"{q.name} drained: nothing held; {rows} entries wait undelivered (resume starts them)"
+    )
+
+
+@cli.command()
+@config_option
+@click.argument("queue")
+@click.argument("workers", required=False, type=click.IntRange(min=0))
+@click.option("--reset", is_flag=True, help="Back to the config's max_concurrent.")
+def scale(config_path: str, queue: str, workers: int | None, reset: bool) -> None:
+    """Override QUEUE's max_concurrent on every host (WORKERS), or --reset it."""
+    if (workers is None) == (not reset):
+        raise click.UsageError("give WORKERS or --reset (not both)")
+    config, q = _queue_control(config_path, queue)
+    with redis_errors():
+        control.scale(client_for(config), q.name, None if reset else workers)
+    shown = "the config's max_concurrent" if reset else f"{workers} worker(s) per host"
+    click.echo(f"{q.name} scaled to {shown} on every host of {where(config)}")
+
+
+def _queue_control(config_path: str, queue: str) -> tuple[Config, QueueConfig]:
+    config = load(config_path)
+    return config, queue_of(config, queue)
+
+
+def where(config: Config) -> str:
+    """The Redis a command talks to, password redacted."""
+    return redact_url(config.redis_url)
 
 
 @cli.group()

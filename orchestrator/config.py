@@ -9,6 +9,7 @@ time; ``ORCH_REDIS_URL`` is applied by ``load_config`` when it is called.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -84,10 +85,36 @@ class QueueConfig:
     max_memory_mb: int | None = None
     serializer: str = "json"
     env: Mapping[str, str] = field(default_factory=dict)
+    global_max_concurrent: int | None = None  # across every spawner on the Redis
+    rate_limit: RateLimit | None = None  # jobs started per second, by every worker on every host
 
     @property
     def dead_stream(self) -> str:
         return f"{self.stream}:dead"
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """``rate_limit: 120/min``: a token bucket shared by every worker of the queue."""
+
+    per_s: float
+    burst: int  # most jobs started at once after a quiet spell
+    text: str  # as written, for people
+
+    UNITS = MappingProxyType({"s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0})
+
+    @classmethod
+    def parse(cls, text: str, burst: int | None) -> RateLimit | None:
+        """``N/s``, ``N/min`` or ``N/h`` (N > 0); None if it is not that."""
+        count, _, unit = text.replace(" ", "").partition("/")
+        try:
+            n = float(count)
+        except ValueError:
+            return None
+        if unit not in cls.UNITS or not math.isfinite(n) or n <= 0:
+            return None
+        per_s = n / cls.UNITS[unit]
+        return cls(per_s, burst or max(1, math.ceil(per_s)), text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,8 +159,10 @@ def describe(config: Config) -> dict[str, Any]:
 
     queues = {}
     for name, q in config.queues.items():
-        entry = keyed(q, skip=("name", "argv"))
+        entry = keyed(q, skip=("name", "argv", "rate_limit"))
         entry["command"] = list(q.argv)
+        entry["rate_limit"] = q.rate_limit.text if q.rate_limit else None
+        entry["rate_burst"] = q.rate_limit.burst if q.rate_limit else None
         queues[name] = entry
     return {
         "redis": {"url": config.redis_url},
@@ -317,9 +346,28 @@ def _parse_queue(name: str, s: Section, root: Path) -> QueueConfig | None:
         ),
         serializer=s.string("serializer", d.serializer, choices=["json", "pickle"]),
         env=dict(env),
+        global_max_concurrent=(
+            s.integer("global_max_concurrent", None, min=1, max=100_000)
+            if s.raw("global_max_concurrent") is not None
+            else None
+        ),
+        rate_limit=_parse_rate_limit(s),
     )
     s.done()
     return cfg
+
+
+def _parse_rate_limit(s: Section) -> RateLimit | None:
+    burst = s.integer("rate_burst", None, min=1, max=1_000_000) if s.has("rate_burst") else None
+    text = s.raw("rate_limit")
+    if text is None:
+        if burst is not None:
+            s.error("rate_burst", "needs rate_limit")
+        return None
+    limit = RateLimit.parse(text, burst) if isinstance(text, str) else None
+    if limit is None:
+        s.error("rate_limit", f"must be like 120/min, 5/s or 1000/h, got {text!r}")
+    return limit
 
 
 def _parse_program(s: Section, root: Path) -> tuple[str, ...]:

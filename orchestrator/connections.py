@@ -135,7 +135,7 @@ class RedisHealth:
             self.events.warning(
                 "redis_down",
                 "⚠️",
-                f"Redis unavailable at {_safe(self.url)}: {error}; workers keep running, "
+                f"Redis unavailable at {redact_url(self.url)}: {error}; workers keep running, "
                 "retrying with backoff",
                 error=str(error),
             )
@@ -157,8 +157,8 @@ class RedisHealth:
         return was_down
 
 
-def _safe(url: str) -> str:
-    """The URL without its password, for logs."""
+def redact_url(url: str) -> str:
+    """The URL without its password, for logs and people."""
     if "@" not in url:
         return url
     scheme, _, rest = url.partition("://")

@@ -15,6 +15,10 @@ key                             type    contents
 ``orch:worker:<consumer>``      string  JSON heartbeat of a running worker (TTL'd)
 ``orch:inhand:<consumer>``      string  ids a worker is handling now (suspect entries)
 ``orch:done:<consumer>``        string  set once the worker completed a job (crash-loop rule)
+``orch:slots:<queue>``          hash    consumer -> host: the queue's global slots in use
+``orch:demand:<queue>``         hash    host -> workers it wants (fair shares of slots)
+``orch:rate:<queue>``           hash    the rate limit's token bucket (tokens, at, throttled_until)
+``orch:control:<queue>``        hash    operator control: paused, draining, scale (+ at)
 ==============================  ======  ===============================================
 
 Apps keep their own keys under the same prefix, in their own modules
@@ -57,6 +61,22 @@ def in_hand(consumer: str) -> str:
 
 def worker_done(consumer: str) -> str:
     return f"{PREFIX}done:{consumer}"
+
+
+def slots(queue: str) -> str:
+    return f"{PREFIX}slots:{queue}"
+
+
+def demand(queue: str) -> str:
+    return f"{PREFIX}demand:{queue}"
+
+
+def rate(queue: str) -> str:
+    return f"{PREFIX}rate:{queue}"
+
+
+def control(queue: str) -> str:
+    return f"{PREFIX}control:{queue}"
 
 
 def dead_stream(stream: str) -> str:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 
 from orchestrator import procs
 from orchestrator.config import QueueConfig
+from orchestrator.control import Control
 from orchestrator.fleet import StopReason, Worker
 from orchestrator.logs import Events
 from orchestrator.procs import ExitStatus
@@ -109,16 +110,37 @@ class SpawnerLog:
             reason=reason.value,
         )
 
-    def yielding(self, worker: Worker, q: QueueConfig, max_total: int) -> None:
+    def yielding(self, worker: Worker, q: QueueConfig, why: str) -> None:
         self.events.info(
             "yield",
             "↪️",
-            f"Worker {worker.worker_id} for {q.label} gives its slot up after its job: "
-            f"max_total_workers {max_total} is reached and another queue has work and no worker",
+            f"Worker {worker.worker_id} for {q.label} gives its slot up after its job: {why}",
             queue=q.name,
             worker_id=worker.worker_id,
             pid=worker.pid,
         )
+
+    def control(self, q: QueueConfig, was: Control, now: Control, drained: bool) -> None:
+        """The operator changed the queue's control (or it is drained now)."""
+        if drained:
+            icon, text = (
+                "✅",
+                f"{q.label} drained: nothing held; new entries wait (resume starts them)",
+            )
+        elif now.paused and not was.paused:
+            icon, text = "⏸️", f"{q.label} paused: no new workers; live ones finish their job"
+        elif now.draining and not was.draining:
+            icon, text = "🚰", f"{q.label} draining: what is held is finished, nothing new taken"
+        elif was.holds_back and not now.holds_back:
+            icon, text = "▶️", f"{q.label} resumed"
+        else:
+            scale = (
+                "max_concurrent from the config"
+                if now.scale is None
+                else f"max_concurrent {now.scale}"
+            )
+            icon, text = "📐", f"{q.label} scaled: {scale}"
+        self.events.info("control", icon, text, queue=q.name, control=now.describe())
 
     def exited(
         self,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -43,6 +43,9 @@ class QueueDepth:
     dead_letters: int
     oldest_age_s: float | None
     last_id: str = "0-0"
+    control: Mapping[str, str] = field(default_factory=dict)  # orch:control:<queue>
+    throttled: bool = False  # its rate limit is holding workers back
+    global_slots: int = 0  # its slots taken across every host (by hosts still alive)
 
     def orphaned(self, is_live: Any) -> int:
         """Pending entries held by consumers that ``is_live(name)`` denies."""
@@ -53,10 +56,14 @@ def _probe_spec(queue: QueueConfig, key_index: int) -> tuple[list[str], dict[str
     if queue.backend is Backend.RQ:
         names = [keys.rq_queue(queue.name), f"rq:wip:{queue.name}", f"rq:failed:{queue.name}"]
         spec = {"kind": "rq", "key": key_index, "wip": key_index + 1, "failed": key_index + 2}
-        return names, {**spec, "cap": LAG_COUNT_CAP}
-    names = [queue.stream, queue.dead_stream]
-    spec = {"kind": "stream", "key": key_index, "dead": key_index + 1, "group": queue.group}
-    return names, {**spec, "cap": LAG_COUNT_CAP}
+    else:
+        names = [queue.stream, queue.dead_stream]
+        spec = {"kind": "stream", "key": key_index, "dead": key_index + 1, "group": queue.group}
+    shared = [keys.control(queue.name), keys.rate(queue.name), keys.slots(queue.name), keys.HOSTS]
+    first = key_index + len(names)
+    spec |= {"control": first, "rate": first + 1, "slots": first + 2, "hosts": first + 3}
+    spec["cap"] = LAG_COUNT_CAP
+    return names + shared, spec
 
 
 class DepthProbe:
@@ -116,6 +123,9 @@ def _depth(name: str, r: Mapping[str, Any]) -> QueueDepth:
         dead_letters=int(r["dead"]),
         oldest_age_s=age_ms / 1000.0 if age_ms >= 0 else None,
         last_id=str(r.get("last_id", "0-0")),
+        control={str(k): str(v) for k, v in (r.get("control") or {}).items()},
+        throttled=bool(r.get("throttled")),
+        global_slots=int(r.get("slots", 0)),
     )
 
 
@@ -136,23 +146,31 @@ class TickProbe:
         self.host = host
         self.depth = DepthProbe(queues)
 
-    def read(self, snapshot: HostStatus, ttl_s: float) -> TickReading:
+    def read(
+        self, snapshot: HostStatus, ttl_s: float, demand: Mapping[str, int] | None = None
+    ) -> TickReading:
+        """``demand``: the workers this host wants of its globally capped
+        queues, published with the rest (``slots``)."""
         if self.depth.sha is None:
             self.depth.load(self.client)
         try:
-            reply, hosts, holder = self._execute(snapshot, ttl_s)
+            reply, hosts, holder = self._execute(snapshot, ttl_s, demand or {})
         except redis.exceptions.NoScriptError:  # Redis restarted: scripts are gone
             self.depth.load(self.client)
-            reply, hosts, holder = self._execute(snapshot, ttl_s)
+            reply, hosts, holder = self._execute(snapshot, ttl_s, demand or {})
         depths = self.depth.parse(reply) if self.depth.queues else {}
         return TickReading(depths, {_text(h) for h in hosts}, holder)
 
-    def _execute(self, snapshot: HostStatus, ttl_s: float) -> tuple[Any, list[Any], Any]:
+    def _execute(
+        self, snapshot: HostStatus, ttl_s: float, demand: Mapping[str, int]
+    ) -> tuple[Any, list[Any], Any]:
         pipe = self.client.pipeline(transaction=False)
         self.depth.queue_on(pipe)
         pipe.zrangebyscore(keys.HOSTS, time.time(), "+inf")
         pipe.get(keys.host(self.host))
         publish(pipe, snapshot, ttl_s)
+        for queue, wanted in demand.items():
+            pipe.hset(keys.demand(queue), self.host, wanted)
         reply, hosts, holder, *_ = pipe.execute()
         return reply, hosts, holder
 

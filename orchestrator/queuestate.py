@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from orchestrator import scaling
 from orchestrator.config import Backend, QueueConfig
+from orchestrator.control import Control
 from orchestrator.fleet import Worker
 from orchestrator.queues import QueueDepth
 from orchestrator.status import QueueStatus
@@ -29,6 +30,32 @@ class QueueState:
     stranded: bool = False  # a worker died holding work: refill without cooldown
     retired: bool = False  # removed from the config by a reload
     starved_since: float | None = None  # monotonic: had work and no worker since
+    control: Control = field(default_factory=Control)  # the operator's, as last read
+    drained: bool = False  # draining, and nothing was held at the last look
+
+    @property
+    def max_concurrent(self) -> int:
+        """The operator's ``scale``, else the config's ``max_concurrent``."""
+        return self.config.max_concurrent if self.control.scale is None else self.control.scale
+
+    def host_max(self, live: int) -> int:
+        """Most workers here now: ``max_concurrent``, within what the queue's
+        global slots leave (as the last probe counted them)."""
+        cap = self.config.global_max_concurrent
+        if cap is None or self.depth is None:
+            return self.max_concurrent
+        return min(self.max_concurrent, live + max(0, cap - self.depth.global_slots))
+
+    def follow_control(self, workers: Sequence[Worker]) -> tuple[Control, bool] | None:
+        """Take the operator's control from the last probe; (the one before,
+        whether the queue is newly drained) when something changed."""
+        was, drained = self.control, self.drained
+        self.control = Control.from_fields(self.depth.control) if self.depth else Control()
+        held = (self.depth.pending if self.depth else 0) + self.parked
+        self.drained = self.control.draining and not workers and held == 0
+        if self.control == was and self.drained == drained:
+            return None
+        return was, self.drained and not drained
 
     def facts(
         self, workers: Sequence[Worker], now: float, backlog: int | None = None
@@ -36,7 +63,9 @@ class QueueState:
         """The scaling facts; ``backlog`` overrides the measured one."""
         q, depth = self.config, self.depth
         held = depth.pending_by_consumer if depth else {}
-        if backlog is None:
+        if backlog is None and self.control.draining:  # only what is held is worked off
+            backlog = self.parked
+        elif backlog is None:
             backlog = (depth.undelivered if depth else 0) + self.parked
         cooling = 0 if self.stranded else scaling.cooling_slots(self.exits, now, q.cooldown_s)
         if q.backend is Backend.RQ:  # RQ names no holder: its started jobs keep as many busy
@@ -46,13 +75,13 @@ class QueueState:
         staying = [w for w in workers if w.stop_reason is None]
         return scaling.QueueFacts(
             name=q.name,
-            max_concurrent=q.max_concurrent,
+            max_concurrent=self.host_max(len(workers)),
             jobs_per_worker=q.jobs_per_worker,
             live=len(workers),
             idle_live=idle,
             backlog=backlog,
             cooling=cooling,
-            blocked=self.retired or self.backoff.in_force(now),
+            blocked=self.retired or self.control.paused or self.backoff.in_force(now),
             yielding=len(workers) - len(staying),
             tenure_s=max((w.runtime_s(now) for w in staying), default=0.0),
             starved_s=0.0 if self.starved_since is None else now - self.starved_since,
@@ -99,19 +128,24 @@ class QueueState:
 
     def status(self, workers: Sequence[Worker], now: float) -> QueueStatus:
         q, d = self.config, self.depth
-        facts = self.facts(workers, now)
+        control = "drained" if self.drained else self.control.describe()
         return QueueStatus(
             name=q.name,
             label=q.label,
-            live=facts.live,
-            max_concurrent=q.max_concurrent,
-            backlog=facts.backlog,
+            live=len(workers),
+            max_concurrent=self.max_concurrent,
+            backlog=(d.undelivered if d else 0) + self.parked,
             pending=d.pending - self.parked if d else 0,
             oldest_age_s=d.oldest_age_s if d else None,
             dead_letters=d.dead_letters if d else 0,
             backlog_exact=d.exact if d else True,
             backoff_s=round(self.backoff.delay_s(now), 1),
             backoff_reason=self.backoff.reason if self.backoff.in_force(now) else "",
+            control=control,
+            throttled=bool(d and d.throttled),
+            global_live=d.global_slots if d and q.global_max_concurrent else None,
+            global_max=q.global_max_concurrent,
+            rate_limit=q.rate_limit.text if q.rate_limit else None,
         )
 
 

@@ -42,6 +42,7 @@ from orchestrator.queues import QueueDepth, StreamWatch, TickProbe
 from orchestrator.queuestate import QueueState, apply_config
 from orchestrator.reaper import PARKING_CONSUMER, Liveness, classify, split_shares
 from orchestrator.recovery import Recovery
+from orchestrator.slots import GlobalSlots
 from orchestrator.status import HostStatus, WorkerStatus, status_line, withdraw
 from orchestrator.workforce import START_FAILED, Exit, Planned, Workforce, exit_facts
 
@@ -76,6 +77,7 @@ class WorkerSpawner:
         self.health = RedisHealth(self.log.events, config.redis_url)
         self.recovery = Recovery(self.client, self.log.events, self.health)
         self.claim = HostClaim(self.client, self.host, config.spawner.heartbeat_ttl_s)
+        self.slots = GlobalSlots(self.client, self.host)
         self.memory = HostMemory(self.log)
         self.refused: HostTaken | None = None
         self.started_at = time.time()
@@ -225,13 +227,26 @@ class WorkerSpawner:
 
     def _probe(self) -> tuple[dict[str, QueueDepth], set[str]]:
         """The tick's one round trip (``TickProbe``); our name must still be ours."""
-        reading = self.probe.read(self.snapshot(), self.config.spawner.heartbeat_ttl_s)
+        reading = self.probe.read(
+            self.snapshot(), self.config.spawner.heartbeat_ttl_s, self._demand(time.monotonic())
+        )
         if (taken_by := self.claim.check(reading.holder)) is not None:
             self.claim.claimed = False  # not ours any more: never release it
             raise HostTaken(self.host, taken_by)
         for name, depth in reading.depths.items():
             self.queues[name].depth = depth
         return reading.depths, reading.live_hosts
+
+    def _demand(self, now: float) -> dict[str, int]:
+        """Workers this host wants of each globally capped queue, whatever the
+        other hosts hold: what it claims a fair share of (``slots``)."""
+        demand = {}
+        for name, state in self.queues.items():
+            if state.config.global_max_concurrent is not None and not state.retired:
+                facts = self._facts(name, now)
+                alone = replace(facts, max_concurrent=state.max_concurrent)
+                demand[name] = facts.live + scaling.wanted_new(alone)
+        return demand
 
     def _reconcile(self, depths: dict[str, QueueDepth], live_hosts: set[str], now: float) -> None:
         own_live = self.fleet.consumers()
@@ -243,6 +258,7 @@ class WorkerSpawner:
                     recovered = self.recovery.recover(state.config, consumer, "worker lost")
                     state.parked += recovered.handed_back if recovered else 0
             state.note_starving(self.fleet.of_queue(name), now)
+            self._follow_control(state)
         self.memory.check(self.config.spawner.max_memory_percent)
         for w in over_cap(self.fleet, lambda w: self._queue_config(w.queue).max_memory_mb):
             self.workforce.terminate(w, StopReason.MEMORY, self._queue_config(w.queue))
@@ -257,6 +273,19 @@ class WorkerSpawner:
     def _room(self, name: str, now: float) -> int:
         """Workers this queue could start now if it had the work for them."""
         return scaling.wanted_new(self._facts(name, now, self.queues[name].config.max_concurrent))
+
+    def _follow_control(self, state: QueueState) -> None:
+        """The operator's word on the queue (read with the tick): said in the
+        log; a pause or a drain asks the live workers to stop after their job."""
+        workers = self.fleet.of_queue(state.config.name)
+        change = state.follow_control(workers)
+        if change is None:
+            return
+        was, drained = change
+        self.log.control(state.config, was, state.control, drained)
+        if state.control.holds_back and not was.holds_back:
+            why = f"{state.config.label} is {'paused' if state.control.paused else 'draining'}"
+            self.workforce.ask_all_to_yield(workers, state.config, why, self.client)
 
     def _spawn_planned(self, now: float) -> None:
         facts = [self._facts(n, now) for n, s in self.queues.items() if not s.retired]
@@ -283,7 +312,11 @@ class WorkerSpawner:
         candidates = [w for w in self.fleet.of_queue(q.name) if w.stop_reason is None]
         candidates.sort(key=lambda w: (state.holds(w) > 0, w.started_mono))
         for worker in self.workforce.yieldable(q, candidates, self.client)[:count]:
-            self.workforce.ask_to_yield(worker, q, self.config.spawner.max_total_workers)
+            why = (
+                f"max_total_workers {self.config.spawner.max_total_workers} is reached "
+                "and another queue has work and no worker"
+            )
+            self.workforce.ask_to_yield(worker, q, why)
 
     def _hand_out_to_idle(self) -> None:
         """Parked entries left over go to live workers that hold nothing."""
@@ -348,16 +381,21 @@ class WorkerSpawner:
     # -- workers in and out ---------------------------------------------------
 
     def _start(self, q: QueueConfig, parked_shares: list[int]) -> list[Worker]:
-        """Start a worker per share, at once; each is handed its share of the
-        parked entries before it runs."""
+        """Start a worker per share, at once (as many as the queue's global
+        slots allow); each is handed its share of the parked entries before
+        it runs."""
+        state = self.queues[q.name]
+        ids = [self.fleet.new_worker_id(q.label.lower(), time.time()) for _ in parked_shares]
+        consumers = [keys.consumer_name(self.host, w) for w in ids]
+        granted = self.slots.take(q, consumers)
         planned = []
-        for share in parked_shares:
-            worker_id = self.fleet.new_worker_id(q.label.lower(), time.time())
-            consumer = keys.consumer_name(self.host, worker_id)
+        for worker_id, consumer, share in zip(
+            ids[:granted], consumers, parked_shares, strict=False
+        ):
             handed = self.recovery.hand_out(q, {consumer: share}).get(consumer, 0) if share else 0
-            self.queues[q.name].parked -= handed
+            state.parked -= handed
             planned.append(Planned(worker_id, consumer, handed))
-        workers, failed = self.workforce.start(self.config, q, planned)
+        workers, failed = self.workforce.start(self.config, q, planned, state.control.draining)
         for _ in range(failed):
             self._judge(q, START_FAILED, time.monotonic())
         return workers
@@ -387,6 +425,7 @@ class WorkerSpawner:
         if successor and handed:
             self._take_over(q, *successor, handed, now)
         self.workforce.leases.drop(worker.worker_id)
+        self.slots.release(q, [worker.lease.consumer])
         self.next_tick = min(self.next_tick, now)
 
     def _take_over(
@@ -398,9 +437,10 @@ class WorkerSpawner:
         if live is not None:
             live.handed += handed
             self.recovery.wake([consumer])
-        elif not self.queues[q.name].backoff.in_force(now):
+        elif not self.queues[q.name].backoff.in_force(now) and self.slots.take(q, [consumer]):
             planned = [Planned(keys.consumer_worker_id(consumer), consumer, handed)]
-            _, failed = self.workforce.start(self.config, q, planned)
+            draining = self.queues[q.name].control.draining
+            _, failed = self.workforce.start(self.config, q, planned, draining)
             for _ in range(failed):
                 self._judge(q, START_FAILED, time.monotonic())
 
@@ -441,6 +481,9 @@ class WorkerSpawner:
             self.claim.claim()
         if not self.adopted:
             self.workforce.adopt_previous(self.config.queues, self.host, self.recovery.recover)
+            for state in self.queues.values():  # they run: they hold their slots
+                adopted = [w.lease.consumer for w in self.fleet.of_queue(state.config.name)]
+                self.slots.force(state.config, adopted)
             self.adopted = True
 
     def snapshot(self) -> HostStatus:

@@ -37,6 +37,11 @@ class QueueStatus:
     backlog_exact: bool = True
     backoff_s: float = 0.0  # no spawning for this long yet ...
     backoff_reason: str = ""  # ... because of this ("crash loop", "dependency unavailable")
+    control: str = ""  # the operator's: "paused", "draining", "drained", "scaled to N"
+    throttled: bool = False  # its rate limit holds workers back
+    global_live: int | None = None  # its workers across every host (global_max_concurrent)
+    global_max: int | None = None
+    rate_limit: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,10 +89,16 @@ def status_line(queues: Sequence[QueueStatus]) -> str:
 
 
 def backoff_text(q: QueueStatus) -> str:
-    """``, crash loop: next spawn in 4s`` while a backoff holds the queue back."""
-    if not q.backoff_reason:
-        return ""
-    return f", {q.backoff_reason}: next spawn in {q.backoff_s:.0f}s"
+    """What holds the queue back, if anything: ``, paused``, ``, throttled
+    (20/s)``, ``, 4/4 across hosts``, ``, crash loop: next spawn in 4s``."""
+    parts = [q.control] if q.control else []
+    if q.throttled:
+        parts.append(f"throttled ({q.rate_limit})")
+    if q.global_max is not None and q.global_live is not None and q.global_live >= q.global_max:
+        parts.append(f"{q.global_live}/{q.global_max} across hosts")
+    if q.backoff_reason:
+        parts.append(f"{q.backoff_reason}: next spawn in {q.backoff_s:.0f}s")
+    return "".join(f", {p}" for p in parts)
 
 
 def spawn_line(worker_id: str, label: str, pid: int, total: int) -> str:
@@ -159,3 +170,16 @@ def format_table(hosts: Sequence[HostStatus], now: float) -> str:
                 f"deadline in {w.deadline - now:.0f}s"
             )
     return "\n".join(lines)
+
+
+def wait_drained(client: redis.Redis, queue: str, timeout_s: float) -> int | None:
+    """Wait until every live host reports ``queue`` drained; then the
+    entries waiting undelivered (None: not drained within ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = [q for h in read_status(client) for q in h.queues if q.name == queue]
+        if rows and all(q.control == "drained" for q in rows):
+            return max(q.backlog for q in rows)
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.2)  # the spawners publish every tick

@@ -79,12 +79,13 @@ class Workforce:
     # -- starting -------------------------------------------------------------
 
     def start(
-        self, config: Config, q: QueueConfig, planned: Sequence[Planned]
+        self, config: Config, q: QueueConfig, planned: Sequence[Planned], drain: bool = False
     ) -> tuple[list[Worker], int]:
-        """Start the planned workers of ``q`` at once; they, and how many failed."""
+        """Start the planned workers of ``q`` at once; they, and how many
+        failed. ``drain``: they work off what they are handed, nothing new."""
         now_wall = time.time()
         deadline = now_wall + q.max_runtime_s
-        envs = [worker_env(config, q, p.worker_id, p.consumer, deadline) for p in planned]
+        envs = [worker_env(config, q, p.worker_id, p.consumer, deadline, drain) for p in planned]
         launched = self.launcher.launch(q, envs, str(config.root))
         workers, failed = [], 0
         for plan, outcome in zip(planned, launched, strict=True):
@@ -165,12 +166,25 @@ class Workforce:
             self.log.terminating(worker, q, reason)
         return True
 
-    def ask_to_yield(self, worker: Worker, q: QueueConfig, max_total: int) -> bool:
-        """Ask the worker to give its slot up after its job (SIGUSR1, no kill)."""
-        if not worker.terminate(StopReason.YIELD, 0.0, YIELD_SIGNAL):
+    def ask_to_yield(
+        self, worker: Worker, q: QueueConfig, why: str, signum: int = YIELD_SIGNAL
+    ) -> bool:
+        """Ask the worker to give its slot up after its job (SIGUSR1, or the
+        protocol's SIGTERM for a worker that does not say it yields; no kill
+        follows, ``max_runtime`` still holds)."""
+        if not worker.terminate(StopReason.YIELD, 0.0, signum):
             return False
-        self.log.yielding(worker, q, max_total)
+        self.log.yielding(worker, q, why)
         return True
+
+    def ask_all_to_yield(
+        self, workers: list[Worker], q: QueueConfig, why: str, client: Any
+    ) -> None:
+        """Every one of ``workers``, each with the signal it understands."""
+        staying = [w for w in workers if w.stop_reason is None]
+        able = {w.pid for w in self.yieldable(q, staying, client)}
+        for w in staying:
+            self.ask_to_yield(w, q, why, YIELD_SIGNAL if w.pid in able else signal.SIGTERM)
 
     def yieldable(self, q: QueueConfig, workers: list[Worker], client: Any) -> list[Worker]:
         """Those of ``workers`` that say they give their slot up on SIGUSR1:

@@ -18,7 +18,7 @@ local counts, fresh = {}, {}
 if #own > 0 then
   local rows = redis.call('XPENDING', stream, group, '-', '+', #own * 2, consumer)
   for _, row in ipairs(rows) do table.insert(counts, {row[1], row[4]}) end
-else
+elseif tonumber(ARGV[4]) > 0 then  -- 0: a draining worker takes nothing new
   fresh = entries(redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', ARGV[4],
                              'STREAMS', stream, '>'))
 end

@@ -1,7 +1,8 @@
 -- One round trip for the depth of every queue (see orchestrator/queues.py).
 --
--- ARGV[1]: JSON list of probes, each {"kind": "stream"|"rq", "cap": N} plus
---   stream: {"key": i, "dead": j, "group": name}   (i, j index KEYS)
+-- ARGV[1]: JSON list of probes, each {"kind": "stream"|"rq", "cap": N,
+--   "control": c, "rate": r, "slots": s, "hosts": h} plus
+--   stream: {"key": i, "dead": j, "group": name}   (i, j, c, r, s index KEYS)
 --   rq:     {"key": i, "wip": j, "failed": k}
 -- Returns a JSON list of results in the same order.
 --
@@ -79,10 +80,31 @@ local function probe_rq(p)
   }
 end
 
+-- What operators and the other hosts say about the queue: its control hash
+-- (paused, draining, scale), whether its rate limit holds it back, and how
+-- many of its global slots are taken.
+local function shared_state(p, result, now)
+  local control = {}
+  local flat = redis.call('HGETALL', KEYS[p.control])
+  for i = 1, #flat, 2 do control[flat[i]] = flat[i + 1] end
+  result.control = control
+  local until_s = tonumber(redis.call('HGET', KEYS[p.rate], 'throttled_until') or '0')
+  result.throttled = until_s * 1000 > now
+  local taken, flat_slots = 0, redis.call('HGETALL', KEYS[p.slots])
+  for i = 2, #flat_slots, 2 do  -- a slot is held while its host's heartbeat lives
+    local expiry = redis.call('ZSCORE', KEYS[p.hosts], flat_slots[i])
+    if expiry and tonumber(expiry) * 1000 > now then taken = taken + 1 end
+  end
+  result.slots = taken
+  return result
+end
+
 local probes = cjson.decode(ARGV[1])
 local now = now_ms()
 local out = {}
 for i, p in ipairs(probes) do
-  if p.kind == 'stream' then out[i] = probe_stream(p, now) else out[i] = probe_rq(p) end
+  local result
+  if p.kind == 'stream' then result = probe_stream(p, now) else result = probe_rq(p) end
+  out[i] = shared_state(p, result, now)
 end
 return cjson.encode(out)

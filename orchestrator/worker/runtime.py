@@ -63,6 +63,7 @@ OWN_CHECK_INTERVAL_S = 1.0  # re-read our own pending entries at least this ofte
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 FIRST_READ = load_lua("first_read.lua")
+RATE_TAKE = load_lua("rate_take.lua")
 
 
 # A client made ahead of need (a fork server's standby connects before its
@@ -126,7 +127,9 @@ class WorkerRuntime:
         self.client = client or worker_client(settings)
         self.acks = Acks(self.client, settings)
         self.stopping = False
+        self.drained = False  # draining, and nothing of our own is left
         self.failed = 0
+        self.rate = RateLimiter(self.client, settings) if settings.rate_per_s else None
         self.started = time.monotonic()
         self.last_work = time.monotonic()
         self.avg_job_s = 0.0
@@ -171,7 +174,7 @@ class WorkerRuntime:
                 self.heartbeat.stop()
 
     def _loop(self) -> int:
-        while not self.stopping:
+        while not self.stopping and not self.drained:
             if self._deadline_near():
                 logger.info(f"{self.s.worker_id}: max_runtime near, taking no more work")
                 break
@@ -198,7 +201,7 @@ class WorkerRuntime:
         first (``first_read.lua``), sent together on the reading connection."""
         s, conn = self.s, self.client.connection
         assert conn is not None  # a single-connection client
-        args = (s.group, s.consumer, s.batch_size, self.read_size())
+        args = (s.group, s.consumer, s.batch_size, 0 if s.drain else self.read_size())
         commands = [
             ("CLIENT", "SETNAME", s.consumer),  # so the spawner finds it before the heartbeat
             ("CLIENT", "ID"),
@@ -243,6 +246,9 @@ class WorkerRuntime:
             if entries:
                 counts = self._delivery_counts([e[0] for e in entries])
                 return [Job(i, f, counts.get(i, 1)) for i, f in entries]
+        if s.drain:  # what we were handed only: nothing new is taken
+            self.drained = True
+            return []
         block_s = min(
             s.idle_timeout_s - (time.monotonic() - self.last_work),
             s.deadline - time.time() - max(0.5, 1.5 * self.avg_job_s),
@@ -258,7 +264,10 @@ class WorkerRuntime:
     def read_size(self) -> int:
         """How many new entries to read. A batch handler starts its whole
         batch at once: ``batch_size``. Jobs run one by one: only those that
-        will start within the prefetch window, at first one."""
+        will start within the prefetch window, at first one. A rate-limited
+        queue's worker reads one at a time: it waits for a token per job."""
+        if self.s.rate_per_s:
+            return 1
         if self.handle_one is None:
             return self.s.batch_size
         if self.avg_job_s <= 0.0:
@@ -343,14 +352,15 @@ class WorkerRuntime:
         if handle is None:
             self._run_handler(jobs)
             return True
-        heartbeat, started, done = self.heartbeat, time.monotonic(), 0
+        heartbeat, spent_s, done = self.heartbeat, 0.0, 0
         try:
             for job in jobs:
-                if done and (self.stopping or self._deadline_near()):
+                if not self._may_start(done):
                     return False
                 if heartbeat is not None:
                     heartbeat.jobs = (job,)
                 done += 1
+                started = time.monotonic()
                 try:
                     result = handle(job.data)
                 except (Unavailable, Interrupted):
@@ -363,11 +373,33 @@ class WorkerRuntime:
                     self._failed([job], exc)
                 else:
                     self.acks.ack(job, result, now=self.stopping)
+                finally:
+                    spent_s += time.monotonic() - started
         finally:
             if heartbeat is not None:
                 heartbeat.jobs = ()
-            self._timed(time.monotonic() - started, done)
+            self._timed(spent_s, done)
         return True
+
+    def _may_start(self, done: int) -> bool:
+        """May the next job start? Not when asked to stop or near the
+        deadline (after the first); and only with a token, where the queue
+        is rate-limited."""
+        if done and (self.stopping or self._deadline_near()):
+            return False
+        return self.rate is None or self.rate.wait(1, self)
+
+    def pause(self, seconds: float) -> bool:
+        """Sleep ``seconds`` (a stop signal cuts it short); True if stopping."""
+        self.waiting = True
+        try:
+            if not self.stopping:
+                time.sleep(max(0.0, seconds))
+        except _StopWaiting:
+            pass
+        finally:
+            self.waiting = False
+        return self.stopping
 
     def _timed(self, elapsed_s: float, jobs: int) -> None:
         """Keep the average job time that sets the deadline margin."""
@@ -381,6 +413,9 @@ class WorkerRuntime:
         self.client.set(keys.in_hand(self.s.consumer), "")
 
     def _run_handler(self, jobs: list[Job]) -> None:
+        if self.rate is not None and not self.rate.wait(len(jobs), self):
+            self._release()  # stopped while waiting for tokens: none started
+            raise Interrupted("stopped while waiting for the rate limit")
         started = time.monotonic()
         if self.heartbeat is not None:
             self.heartbeat.jobs = jobs
@@ -435,6 +470,32 @@ def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
         for entry_id, fields in item[1]:
             out.append((entry_id, fields or {}))
     return out
+
+
+class RateLimiter:
+    """The queue's rate limit, as this worker obeys it: a token per job
+    started, from the bucket every worker on every host shares
+    (``lua/rate_take.lua``). Waiting for a token is a sleep for as long as
+    the bucket says the next one takes, cut short by a stop."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.client = client
+        self.key = keys.rate(settings.queue)
+        self.per_s = settings.rate_per_s or 1.0
+        self.burst = settings.rate_burst
+        self._take = client.register_script(RATE_TAKE)
+
+    def wait(self, tokens: int, runtime: WorkerRuntime) -> bool:
+        """Take ``tokens`` (at most the burst at a time); False if the worker
+        was asked to stop before it had them."""
+        needed = tokens
+        while needed > 0:
+            want = min(needed, self.burst)
+            granted, wait_ms = self._take(keys=[self.key], args=[self.per_s, self.burst, want])
+            needed -= int(granted)
+            if needed > 0 and runtime.pause(int(wait_ms) / 1000.0):
+                return False
+        return True
 
 
 def _fields(flat: Sequence[str]) -> dict[str, str]:

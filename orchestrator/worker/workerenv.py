@@ -41,6 +41,9 @@ class Settings:
     spawner_pid: int | None = None  # ORCH_SPAWNER_PID
     config_path: str | None = None  # ORCH_CONFIG
     rq_serializer: str = "json"  # ORCH_RQ_SERIALIZER
+    rate_per_s: float | None = None  # ORCH_RATE_LIMIT: the queue's jobs per second, shared
+    rate_burst: int = 1  # ORCH_RATE_BURST
+    drain: bool = False  # ORCH_DRAIN: the queue drains: own pending entries only
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -69,6 +72,9 @@ class Settings:
             spawner_pid=int(e["ORCH_SPAWNER_PID"]) if e.get("ORCH_SPAWNER_PID") else None,
             config_path=e.get("ORCH_CONFIG") or None,
             rq_serializer=e.get("ORCH_RQ_SERIALIZER") or _default(d, "serializer"),
+            rate_per_s=float(e["ORCH_RATE_LIMIT"]) if e.get("ORCH_RATE_LIMIT") else None,
+            rate_burst=int(e.get("ORCH_RATE_BURST") or 1),
+            drain=e.get("ORCH_DRAIN") == "1",
         )
 
 
@@ -96,10 +102,16 @@ def _default(defaults: QueueConfig | None, name: str) -> Any:
 
 
 def worker_env(
-    config: Config, queue: QueueConfig, worker_id: str, consumer: str, deadline: float
+    config: Config,
+    queue: QueueConfig,
+    worker_id: str,
+    consumer: str,
+    deadline: float,
+    drain: bool = False,
 ) -> dict[str, str]:
     """The environment a worker starts with (SPEC.md), over the spawner's own."""
     then = config.queues.get(queue.then) if queue.then else None
+    rate = queue.rate_limit
     env = dict(os.environ)
     env.update(queue.env)
     env.update(
@@ -119,6 +131,9 @@ def worker_env(
             "ORCH_SPAWNER_PID": str(os.getpid()),
             "ORCH_CONFIG": str(config.path or ""),
             "ORCH_RQ_SERIALIZER": queue.serializer,
+            "ORCH_RATE_LIMIT": repr(rate.per_s) if rate else "",
+            "ORCH_RATE_BURST": str(rate.burst) if rate else "",
+            "ORCH_DRAIN": "1" if drain else "",
             "PYTHONUNBUFFERED": "1",
         }
     )
