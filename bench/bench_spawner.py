@@ -46,8 +46,12 @@ TRIALS = 100
 SPAWN_RE = re.compile(r"^(\S+ \S+) .*Spawned worker")
 
 
-def reaction_latency(url: str, workdir: Path, live: bool) -> dict[str, Any]:
+def reaction_latency(
+    url: str, workdir: Path, live: bool, queue_keys: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``queue_keys``: more keys of the queue's config (the one queue, ``jobs``)."""
     queue: dict[str, Any] = {"script": str(ROOT / "bench" / "workers" / "stamp_worker.py")}
+    queue.update(queue_keys or {})
     if not live:
         queue["idle_timeout"] = 0.2  # gone before the next trial: each starts from zero
     config = {
@@ -55,7 +59,7 @@ def reaction_latency(url: str, workdir: Path, live: bool) -> dict[str, Any]:
         "spawner": {"status_interval": 3600, "host": "bench"},
         "queues": {"jobs": queue},
     }
-    name = "live" if live else "zero"
+    name = ("live" if live else "zero") + "".join(f"-{k}" for k in queue_keys or {})
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     log_path = workdir / f"{name}.log"

@@ -14,7 +14,7 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from orchestrator import plugins
+from orchestrator.connections import SENTINEL_SCHEME, URL_SCHEMES, SentinelAddress, redact_url
 from orchestrator.logs import LogConfig, LogFormat
 from orchestrator.validate import ConfigError, Problems, Section
 
@@ -126,6 +127,9 @@ class Config:
     path: Path | None = None
     root: Path = field(default_factory=Path.cwd)
     sections: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # redis.wait_replicas: workers' acknowledgements wait (WAIT) for this many replicas
+    wait_replicas: int = 0
+    wait_timeout_s: float = 1.0
 
     def queue(self, name: str) -> QueueConfig:
         try:
@@ -165,7 +169,11 @@ def describe(config: Config) -> dict[str, Any]:
         entry["rate_burst"] = q.rate_limit.burst if q.rate_limit else None
         queues[name] = entry
     return {
-        "redis": {"url": config.redis_url},
+        "redis": {
+            "url": redact_url(config.redis_url),
+            "wait_replicas": config.wait_replicas,
+            "wait_timeout": config.wait_timeout_s,
+        },
         "spawner": keyed(config.spawner),
         "log": keyed(config.log),
         "queues": queues,
@@ -227,8 +235,14 @@ def parse_config(
 
     redis_section = top.child("redis")
     redis_url = redis_section.string("url", "redis://127.0.0.1:6379/0")
+    if REDIS_URL_ENV not in env:
+        _check_redis_url(redis_url, lambda m: redis_section.error("url", m))
+    wait_replicas = redis_section.integer("wait_replicas", 0, min=0, max=64)
+    wait_timeout_s = redis_section.number("wait_timeout", 1.0, min=0.001, max=60)
     redis_section.done()
-    redis_url = env.get(REDIS_URL_ENV) or redis_url
+    if env.get(REDIS_URL_ENV):
+        redis_url = env[REDIS_URL_ENV]
+        _check_redis_url(redis_url, lambda m: problems.add(f"${REDIS_URL_ENV}", m))
 
     spawner = _parse_spawner(top.child("spawner"))
     log = _parse_log(top.child("log"))
@@ -239,6 +253,8 @@ def parse_config(
     problems.raise_if_any()
     return Config(
         redis_url=redis_url,
+        wait_replicas=wait_replicas,
+        wait_timeout_s=wait_timeout_s,
         spawner=spawner,
         log=log,
         queues=MappingProxyType(queues),
@@ -246,6 +262,18 @@ def parse_config(
         root=root,
         sections=MappingProxyType(sections),
     )
+
+
+def _check_redis_url(url: str, error: Callable[[str], None]) -> None:
+    if url == EMBEDDED:
+        return
+    if not url.startswith(URL_SCHEMES):
+        error(f"must start with one of {', '.join(URL_SCHEMES)}, got {redact_url(url)!r}")
+    elif url.startswith(SENTINEL_SCHEME):
+        try:
+            SentinelAddress.parse(url)
+        except ValueError as exc:
+            error(f"{redact_url(url)!r} {exc}")
 
 
 def _parse_spawner(s: Section) -> SpawnerConfig:
@@ -358,7 +386,8 @@ def _parse_queue(name: str, s: Section, root: Path) -> QueueConfig | None:
 
 
 def _parse_rate_limit(s: Section) -> RateLimit | None:
-    burst = s.integer("rate_burst", None, min=1, max=1_000_000) if s.has("rate_burst") else None
+    has_burst = s.raw("rate_burst") is not None
+    burst = s.integer("rate_burst", None, min=1, max=1_000_000) if has_burst else None
     text = s.raw("rate_limit")
     if text is None:
         if burst is not None:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 import redis
 from redis.backoff import NoBackoff
 from redis.connection import HiredisRespSerializer
 from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from orchestrator import codec
 from orchestrator.logs import Events
@@ -96,13 +98,84 @@ def connect(
         options.update(decode_responses=True, encoding_errors=codec.ERRORS)
     if c_packer:
         options["command_packer"] = CPacker()
-    return redis.Redis.from_url(
-        url,
+    options.update(
         socket_timeout=timeout_s,
         socket_connect_timeout=connect_timeout_s,
         client_name=name,
         health_check_interval=0,
-        single_connection_client=single_connection,
+    )
+    if url.startswith(SENTINEL_SCHEME):
+        pool = sentinel_pool(url, options)
+        return redis.Redis(connection_pool=pool, single_connection_client=single_connection)
+    return redis.Redis.from_url(url, single_connection_client=single_connection, **options)
+
+
+SENTINEL_SCHEME = "redis+sentinel://"
+URL_SCHEMES = ("redis://", "rediss://", "unix://", SENTINEL_SCHEME)
+
+
+@dataclass(frozen=True)
+class SentinelAddress:
+    """``redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]``:
+    the Sentinels to ask, the master's service name, and how to log in to
+    the master (the Sentinels themselves take ``?sentinel_password=``)."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    sentinel_password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> SentinelAddress:
+        """Raises ``ValueError`` naming what is wrong."""
+        parts = urlsplit(url)
+        credentials, _, hosts = parts.netloc.rpartition("@")
+        username, _, password = credentials.partition(":")
+        sentinels = tuple(_host_port(h, 26379) for h in hosts.split(",") if h)
+        if not sentinels:
+            raise ValueError("names no Sentinel (host:port[,host:port...])")
+        path = [p for p in parts.path.split("/") if p]
+        if not path or len(path) > 2:
+            raise ValueError("needs the master's service name: .../SERVICE[/DB]")
+        if len(path) == 2 and not path[1].isdigit():
+            raise ValueError(f"database {path[1]!r} is not a number")
+        query = parse_qs(parts.query)
+        return cls(
+            sentinels=sentinels,
+            service=unquote(path[0]),
+            db=int(path[1]) if len(path) == 2 else 0,
+            username=unquote(username) or None,
+            password=unquote(password) or None,
+            sentinel_password=query.get("sentinel_password", [""])[0] or None,
+        )
+
+
+def _host_port(text: str, default_port: int) -> tuple[str, int]:
+    host, _, port = text.rpartition(":") if ":" in text else (text, "", "")
+    if port and not port.isdigit():
+        raise ValueError(f"port {port!r} of {text!r} is not a number")
+    return host.strip("[]"), int(port) if port else default_port
+
+
+def sentinel_pool(url: str, options: dict[str, Any]) -> SentinelConnectionPool:
+    """A pool whose connections go to the service's current master, asking
+    the Sentinels again after each disconnect, so a failover costs a
+    reconnect (a demoted master's READONLY reply counts as one)."""
+    address = SentinelAddress.parse(url)
+    sentinel_options: dict[str, Any] = {
+        key: options[key] for key in ("socket_timeout", "socket_connect_timeout") if key in options
+    }
+    if address.sentinel_password:
+        sentinel_options["password"] = address.sentinel_password
+    manager = Sentinel(list(address.sentinels), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+    return SentinelConnectionPool(  # type: ignore[no-untyped-call]
+        address.service,
+        manager,
+        db=address.db,
+        username=address.username,
+        password=address.password,
         **options,
     )
 
@@ -158,8 +231,14 @@ class RedisHealth:
 
 
 def redact_url(url: str) -> str:
-    """The URL without its password, for logs and people."""
-    if "@" not in url:
-        return url
+    """The URL with any password replaced by ``***`` (user names stay),
+    fit for logs, errors and people; also ``?password=`` style parameters."""
     scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    rest, _, query = rest.partition("?")
+    credentials, at, hosts = rest.rpartition("@")
+    if at and ":" in credentials:
+        rest = f"{credentials.partition(':')[0]}:***@{hosts}"
+    if query:
+        items = (item.partition("=") for item in query.split("&"))
+        query = "&".join(f"{k}={'***' if 'password' in k else v}" for k, _, v in items)
+    return f"{scheme}://{rest}" + (f"?{query}" if query else "")

@@ -65,6 +65,7 @@ class EmbeddedRedis:
     port: int = 0
     startup_timeout_s: float = 10.0
     data_dir: Path | None = None  # keep data here (append-only file): survives a restart
+    extra_args: tuple[str, ...] = ()  # more redis-server options, e.g. ("--replicaof", ...)
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _dir: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
 
@@ -100,6 +101,7 @@ class EmbeddedRedis:
             "no",
             "--loglevel",
             "warning",
+            *self.extra_args,
         ]
         self._proc = subprocess.Popen(
             argv,

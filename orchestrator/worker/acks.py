@@ -44,6 +44,7 @@ class Acks:
         self.first_at = 0.0
         self.processed = 0  # jobs acknowledged as done
         self.reported = False  # orch:done:<consumer> is set
+        self.short_of_replicas = False  # the last WAIT timed out (logged once per episode)
 
     def ack(self, job: Job, result: dict[str, Any] | None, *, now: bool = False) -> None:
         """``job`` succeeded; flushed when ``now`` or the batch is old enough."""
@@ -82,4 +83,21 @@ class Acks:
         pipe.execute()
         if self.acks:
             self.reported = True
+            self._wait_for_replicas()
         self.acks, self.forwards, self.dead_letters = [], [], []
+
+    def _wait_for_replicas(self) -> None:
+        """``redis.wait_replicas``: the acknowledgement (and the results it
+        handed on) is on that many replicas before the next job starts, so a
+        failover cannot forget it. Short of them at the timeout: logged once,
+        and the work goes on (Redis has it; only its copies are late)."""
+        want = self.s.wait_replicas
+        if not want:
+            return
+        got = int(self.client.wait(want, int(self.s.wait_timeout_s * 1000)))
+        if got < want and not self.short_of_replicas:
+            logger.warning(
+                f"{self.s.worker_id}: acknowledgement on {got} of {want} replica(s) after "
+                f"{self.s.wait_timeout_s:g}s (redis.wait_replicas); carrying on"
+            )
+        self.short_of_replicas = got < want

@@ -44,6 +44,8 @@ class Settings:
     rate_per_s: float | None = None  # ORCH_RATE_LIMIT: the queue's jobs per second, shared
     rate_burst: int = 1  # ORCH_RATE_BURST
     drain: bool = False  # ORCH_DRAIN: the queue drains: own pending entries only
+    wait_replicas: int = 0  # ORCH_WAIT_REPLICAS: acknowledgements wait for this many replicas
+    wait_timeout_s: float = 1.0  # ORCH_WAIT_TIMEOUT
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -74,6 +76,8 @@ class Settings:
             rq_serializer=e.get("ORCH_RQ_SERIALIZER") or _default(d, "serializer"),
             rate_per_s=float(e["ORCH_RATE_LIMIT"]) if e.get("ORCH_RATE_LIMIT") else None,
             rate_burst=int(e.get("ORCH_RATE_BURST") or 1),
+            wait_replicas=int(e.get("ORCH_WAIT_REPLICAS") or 0),
+            wait_timeout_s=float(e.get("ORCH_WAIT_TIMEOUT") or 1.0),
             drain=e.get("ORCH_DRAIN") == "1",
         )
 
@@ -134,6 +138,8 @@ def worker_env(
             "ORCH_RATE_LIMIT": repr(rate.per_s) if rate else "",
             "ORCH_RATE_BURST": str(rate.burst) if rate else "",
             "ORCH_DRAIN": "1" if drain else "",
+            "ORCH_WAIT_REPLICAS": str(config.wait_replicas) if config.wait_replicas else "",
+            "ORCH_WAIT_TIMEOUT": f"{config.wait_timeout_s:g}" if config.wait_replicas else "",
             "PYTHONUNBUFFERED": "1",
         }
     )

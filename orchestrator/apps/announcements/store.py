@@ -16,7 +16,6 @@ supplies its connection, its DDL, its placeholder and its value encodings.
 from __future__ import annotations
 
 import json
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import datetime
@@ -33,6 +32,7 @@ from orchestrator.apps.announcements.announcement import (
 from orchestrator.apps.announcements.errors import InvalidJob, StoreError
 from orchestrator.apps.announcements.payloads import parse_record
 from orchestrator.apps.announcements.pipeline_settings import DatabaseSettings
+from orchestrator.connections import redact_url
 
 __all__ = ["Store", "open_store", "redact_url", "sqlite_path"]
 
@@ -215,8 +215,3 @@ def sqlite_path(url: str, root: Path) -> str:
     if path == ":memory:":
         return path
     return str(Path(path) if Path(path).is_absolute() else root / path)
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, fit for logs and errors."""
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
