@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import hiredis
 import redis
@@ -159,7 +160,29 @@ class RedisHealth:
 
 def _safe(url: str) -> str:
     """The URL without its password, for logs."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    return redacted_url(url)
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with its credentials (user info, ``password=`` in the query)
+    replaced by ``***``: what logs and the dashboard may show."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"***@{netloc.rpartition('@')[2]}"
+    query = [
+        (k, "***" if k.lower() in ("password", "username", "user") else v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    shown = urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*")))
+    if "://" in url and "://" not in shown:  # unix:///path loses its empty host
+        shown = shown.replace(":", "://", 1)
+    return shown
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secrets in ``url`` (its password), to scrub from error texts."""
+    parts = urlsplit(url)
+    found = [parts.password] if parts.password else []
+    found += [v for k, v in parse_qsl(parts.query) if k.lower() == "password" and v]
+    return found

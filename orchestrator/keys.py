@@ -15,6 +15,12 @@ key                             type    contents
 ``orch:worker:<consumer>``      string  JSON heartbeat of a running worker (TTL'd)
 ``orch:inhand:<consumer>``      string  ids a worker is handling now (suspect entries)
 ``orch:done:<consumer>``        string  set once the worker completed a job (crash-loop rule)
+``orch:history:<host>``         hash    the host's per-queue figures in 10 s buckets, one
+                                        field per bucket of the last hour (``history``)
+``orch:reaction:<host>``        hash    its workers' reaction times, as histogram bucket
+                                        counts per queue (written only with metrics on)
+``orch:dashboard``              string  set while a dashboard runs (TTL 30 s): spawners with
+                                        ``history: auto`` then record their history
 ==============================  ======  ===============================================
 
 Apps keep their own keys under the same prefix, in their own modules
@@ -57,6 +63,17 @@ def in_hand(consumer: str) -> str:
 
 def worker_done(consumer: str) -> str:
     return f"{PREFIX}done:{consumer}"
+
+
+def history(host_name: str) -> str:
+    return f"{PREFIX}history:{host_name}"
+
+
+def reaction(host_name: str) -> str:
+    return f"{PREFIX}reaction:{host_name}"
+
+
+DASHBOARD = f"{PREFIX}dashboard"
 
 
 def dead_stream(stream: str) -> str:

@@ -112,6 +112,7 @@ class QueueState:
             backlog_exact=d.exact if d else True,
             backoff_s=round(self.backoff.delay_s(now), 1),
             backoff_reason=self.backoff.reason if self.backoff.in_force(now) else "",
+            busy=facts.live - facts.idle_live,
         )
 
 

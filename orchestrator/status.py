@@ -37,6 +37,7 @@ class QueueStatus:
     backlog_exact: bool = True
     backoff_s: float = 0.0  # no spawning for this long yet ...
     backoff_reason: str = ""  # ... because of this ("crash loop", "dependency unavailable")
+    busy: int = 0  # live workers holding entries
 
 
 @dataclass(frozen=True, slots=True)

@@ -181,6 +181,7 @@ class WorkerRuntime:
                 self._process(jobs)
             elif time.monotonic() - self.last_work >= self.s.idle_timeout_s:
                 break
+        self.acks.finish()
         logger.info(
             f"{self.s.worker_id}: exiting after {time.monotonic() - self.started:.1f}s, "
             f"{self.acks.processed} done, {self.failed} failed"
@@ -348,8 +349,7 @@ class WorkerRuntime:
             for job in jobs:
                 if done and (self.stopping or self._deadline_near()):
                     return False
-                if heartbeat is not None:
-                    heartbeat.jobs = (job,)
+                self._starting((job,))
                 done += 1
                 try:
                     result = handle(job.data)
@@ -369,6 +369,14 @@ class WorkerRuntime:
             self._timed(time.monotonic() - started, done)
         return True
 
+    def _starting(self, jobs: Sequence[Job]) -> None:
+        """The handler starts on ``jobs``: the heartbeat says so (the spawner
+        reads which jobs a worker holds), and their reaction time is taken."""
+        if self.heartbeat is not None:
+            self.heartbeat.jobs = jobs
+        if self.acks.reaction is not None:
+            self.acks.reaction.started(jobs)
+
     def _timed(self, elapsed_s: float, jobs: int) -> None:
         """Keep the average job time that sets the deadline margin."""
         if jobs:
@@ -382,8 +390,7 @@ class WorkerRuntime:
 
     def _run_handler(self, jobs: list[Job]) -> None:
         started = time.monotonic()
-        if self.heartbeat is not None:
-            self.heartbeat.jobs = jobs
+        self._starting(jobs)
         try:
             results = self.handle_batch(jobs)
         except (Unavailable, Interrupted):

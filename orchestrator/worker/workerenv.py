@@ -41,6 +41,7 @@ class Settings:
     spawner_pid: int | None = None  # ORCH_SPAWNER_PID
     config_path: str | None = None  # ORCH_CONFIG
     rq_serializer: str = "json"  # ORCH_RQ_SERIALIZER
+    report_reaction: bool = False  # ORCH_METRICS=1: the spawner serves metrics
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -69,6 +70,7 @@ class Settings:
             spawner_pid=int(e["ORCH_SPAWNER_PID"]) if e.get("ORCH_SPAWNER_PID") else None,
             config_path=e.get("ORCH_CONFIG") or None,
             rq_serializer=e.get("ORCH_RQ_SERIALIZER") or _default(d, "serializer"),
+            report_reaction=e.get("ORCH_METRICS") == "1",
         )
 
 
@@ -119,6 +121,7 @@ def worker_env(
             "ORCH_SPAWNER_PID": str(os.getpid()),
             "ORCH_CONFIG": str(config.path or ""),
             "ORCH_RQ_SERIALIZER": queue.serializer,
+            "ORCH_METRICS": "1" if config.spawner.metrics_port is not None else "",
             "PYTHONUNBUFFERED": "1",
         }
     )
