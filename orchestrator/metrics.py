@@ -223,7 +223,9 @@ class MetricsServer:
         name = f"orch-metrics:{telemetry.host}"
         client = connect(config.redis_url, timeout_s=2.0, connect_timeout_s=1.0, name=name)
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(SpawnerCollector(telemetry, client))
+        collector = SpawnerCollector(telemetry, client)
+        list(collector.collect())  # the apps' readers import their modules now, not mid-run
+        registry.register(collector)
         prometheus_client.ProcessCollector(registry=registry)
         server, _ = prometheus_client.start_http_server(
             port, addr=config.spawner.metrics_host, registry=registry
