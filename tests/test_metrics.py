@@ -20,6 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator import keys
+from orchestrator.config import SpawnerConfig
 from orchestrator.embedded import free_port
 from orchestrator.fleet import StopReason
 from orchestrator.history import FIELDS, SLOTS, History, read_history
@@ -158,6 +159,16 @@ def test_bad_telemetry_keys_refused(tmp_path: Path, key: str, value: object, pro
     )
     assert out.returncode == 2
     assert problem in out.stderr and "Traceback" not in out.stderr
+
+
+def test_off_means_no_telemetry_at_all() -> None:
+    """Metrics and history off: no observer, and the tick's probe has no extra."""
+    off = SpawnerConfig(host="h", history="false")
+    assert Telemetry.configured(off) is None
+    on = Telemetry.configured(SpawnerConfig(host="h", metrics_port=9108, history="false"))
+    assert on is not None and on.history is None
+    auto = Telemetry.configured(SpawnerConfig(host="h"))
+    assert auto is not None and auto.history is not None and not auto.history.watched
 
 
 def test_exit_causes() -> None:
