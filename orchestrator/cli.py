@@ -357,6 +357,45 @@ def dlq_purge(config_path: str, queue: str, ids: tuple[str, ...], yes: bool) -> 
     click.echo(f"deleted {n} dead letter(s)")
 
 
+@cli.command()
+@config_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--allow-actions",
+    is_flag=True,
+    help="Allow retrying and purging dead letters from the page, with the token "
+    "(ORCH_DASHBOARD_TOKEN, else one is made and printed).",
+)
+def dashboard(config_path: str, host: str, port: int, allow_actions: bool) -> None:
+    """Serve the live page of every host on the Redis (read-only by default)."""
+    import os
+    import secrets
+
+    try:
+        from orchestrator.dashboard.server import serve
+    except ImportError as exc:
+        raise Failure(
+            f"the dashboard needs the [dashboard] extra ({exc.name} is missing): "
+            "pip install 'redis-orchestrator[dashboard]'"
+        ) from None
+    from orchestrator.dashboard.board import Board
+
+    config = load(config_path)
+    setup_logging(config.log)
+    client_for(config)  # refuses 'embedded'
+    token = None
+    if allow_actions:
+        token = os.environ.get("ORCH_DASHBOARD_TOKEN") or secrets.token_urlsafe(24)
+        if not os.environ.get("ORCH_DASHBOARD_TOKEN"):
+            click.echo(f"actions token (X-Orch-Token): {token}", err=True)
+    board = Board(config, actions=allow_actions)
+    mode = "actions allowed with the token" if allow_actions else "read-only"
+    shown = f"[{host}]" if ":" in host else host
+    say = f"Dashboard on http://{shown}:{port}/ ({mode}), Redis {board.url}"
+    serve(board, host, port, token, ready=lambda: click.echo(say, err=True))
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)

@@ -65,6 +65,9 @@ class SpawnerConfig:
     crash_backoff_max_s: float = 300.0
     fork_server: bool = True
     preload: tuple[str, ...] = ()
+    metrics_port: int | None = None  # Prometheus exposition; None: off
+    metrics_host: str = "127.0.0.1"
+    history: str = "auto"  # auto (while a dashboard runs), true, false: see ``history``
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,9 +299,35 @@ def _parse_spawner(s: Section) -> SpawnerConfig:
         crash_backoff_max_s=s.number("crash_backoff_max", d.crash_backoff_max_s, min=1),
         fork_server=s.boolean("fork_server", d.fork_server),
         preload=s.string_list("preload", d.preload),
+        **_parse_telemetry(s),
     )
     s.done()
     return cfg
+
+
+HISTORY_MODES = ("auto", "true", "false")
+
+
+def _parse_telemetry(s: Section) -> dict[str, Any]:
+    """``metrics_port`` (null: off), ``metrics_host`` and ``history``; YAML
+    reads ``history: true`` as a boolean, kept here as its text."""
+    d = SpawnerConfig()
+    port = s.raw("metrics_port")
+    if port is not None and (
+        not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535
+    ):
+        s.error("metrics_port", f"must be a port number 1-65535 (or null: off), got {port!r}")
+        port = None
+    history = s.raw("history", d.history)
+    history = str(history).lower() if isinstance(history, bool) else history
+    if history not in HISTORY_MODES:
+        s.error("history", f"must be auto, true or false, got {history!r}")
+        history = d.history
+    return {
+        "metrics_port": port,
+        "metrics_host": s.string("metrics_host", d.metrics_host),
+        "history": history,
+    }
 
 
 # A host name is part of every consumer name ("<host>/<worker id>") and of

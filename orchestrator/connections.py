@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, parse_qsl, unquote, urlsplit
 
 import hiredis
 import redis
@@ -242,3 +242,11 @@ def redact_url(url: str) -> str:
         items = (item.partition("=") for item in query.split("&"))
         query = "&".join(f"{k}={'***' if 'password' in k else v}" for k, _, v in items)
     return f"{scheme}://{rest}" + (f"?{query}" if query else "")
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secrets in ``url`` (its password), to scrub from error texts."""
+    parts = urlsplit(url)
+    found = [parts.password] if parts.password else []
+    found += [v for k, v in parse_qsl(parts.query) if "password" in k.lower() and v]
+    return found

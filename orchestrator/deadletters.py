@@ -70,6 +70,21 @@ def list_dead(client: redis.Redis, queue: QueueConfig, limit: int = 100) -> list
     return _letters(client.xrange(queue.dead_stream, count=limit))
 
 
+def newest_dead(
+    client: redis.Redis, queues: Sequence[QueueConfig], limit: int
+) -> dict[str, tuple[int, list[DeadLetter]]]:
+    """Per queue: how many dead letters, and the newest ``limit`` of them
+    (one pipelined round trip, for the dashboard)."""
+    pipe = client.pipeline(transaction=False)
+    for queue in queues:
+        pipe.xlen(queue.dead_stream)
+        pipe.xrevrange(queue.dead_stream, count=limit)
+    replies = pipe.execute()
+    return {
+        q.name: (int(replies[2 * i]), _letters(replies[2 * i + 1])) for i, q in enumerate(queues)
+    }
+
+
 def count_dead(client: redis.Redis, queue: QueueConfig) -> int:
     return int(client.xlen(queue.dead_stream))
 

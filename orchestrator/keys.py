@@ -19,6 +19,12 @@ key                             type    contents
 ``orch:demand:<queue>``         hash    host -> workers it wants (fair shares of slots)
 ``orch:rate:<queue>``           hash    the rate limit's token bucket (tokens, at, throttled_until)
 ``orch:control:<queue>``        hash    operator control: paused, draining, scale (+ at)
+``orch:history:<host>``         hash    the host's per-queue figures in 10 s buckets, one
+                                        field per bucket of the last hour (``history``)
+``orch:reaction:<host>``        hash    its workers' reaction times, as histogram bucket
+                                        counts per queue (written only with metrics on)
+``orch:dashboard``              string  set while a dashboard runs (TTL 30 s): spawners with
+                                        ``history: auto`` then record their history
 ==============================  ======  ===============================================
 
 Apps keep their own keys under the same prefix, in their own modules
@@ -77,6 +83,17 @@ def rate(queue: str) -> str:
 
 def control(queue: str) -> str:
     return f"{PREFIX}control:{queue}"
+
+
+def history(host_name: str) -> str:
+    return f"{PREFIX}history:{host_name}"
+
+
+def reaction(host_name: str) -> str:
+    return f"{PREFIX}reaction:{host_name}"
+
+
+DASHBOARD = f"{PREFIX}dashboard"
 
 
 def dead_stream(stream: str) -> str:

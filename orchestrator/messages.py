@@ -10,6 +10,7 @@ texts that also go into dead letters (``death_reason``) live here too.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from orchestrator import procs
 from orchestrator.config import QueueConfig
@@ -17,6 +18,9 @@ from orchestrator.control import Control
 from orchestrator.fleet import StopReason, Worker
 from orchestrator.logs import Events
 from orchestrator.procs import ExitStatus
+
+if TYPE_CHECKING:
+    from orchestrator.telemetry import Telemetry
 
 
 def stop_text(worker: Worker, reason: StopReason, q: QueueConfig) -> str:
@@ -51,10 +55,13 @@ def exit_icon(status: ExitStatus) -> str:
 
 
 class SpawnerLog:
-    """The spawner's lines, over ``Events`` (plain or JSON, with or without pictographs)."""
+    """The spawner's lines, over ``Events`` (plain or JSON, with or without
+    pictographs). A ``telemetry`` observes the spawns and exits for the
+    metrics and the history: what is logged is what is counted."""
 
-    def __init__(self, events: Events) -> None:
+    def __init__(self, events: Events, telemetry: Telemetry | None = None) -> None:
         self.events = events
+        self.telemetry = telemetry
 
     def start(self, host: str, pid: int, queues: Iterable[QueueConfig]) -> None:
         watched = ", ".join(f"{q.name} ({q.label}, max {q.max_concurrent})" for q in queues)
@@ -88,6 +95,8 @@ class SpawnerLog:
         self.events.error("spawn_failed", "❌", f"Cannot start worker for {q.label}: {error}")
 
     def spawned(self, worker: Worker, q: QueueConfig, total: int) -> None:
+        if self.telemetry is not None:
+            self.telemetry.spawned(q.name)
         self.events.info(
             "spawn",
             "🚀",
@@ -151,6 +160,8 @@ class SpawnerLog:
         leftovers: int,
         total: int,
     ) -> None:
+        if self.telemetry is not None:
+            self.telemetry.exited(q.name, worker.stop_reason, status)
         if status.signal is not None:
             how = f"killed by {status.describe()}"
         elif status.code is None:

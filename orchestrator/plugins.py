@@ -17,7 +17,10 @@ and brings what it adds to the orchestrator:
   ``orchestrator`` command line (called only by the CLI, so loading a config
   imports no command code);
 - ``status``: figures it publishes in Redis, which ``orchestrator status``
-  prints (and shows under their key with ``--json``).
+  prints (and shows under their key with ``--json``), the dashboard shows
+  as a table (``columns``, with a progress bar when ``progress`` says one),
+  and the spawners' metrics servers export (``metrics``, labelled by
+  ``labels``).
 
 An app module must import nothing heavy at import time: a worker loading
 its config loads every app's sections.
@@ -39,12 +42,29 @@ SectionParser = Callable[[Section], Any]
 
 
 @dataclass(frozen=True, slots=True)
+class Metric:
+    """One number of an app's records, as a Prometheus metric."""
+
+    name: str  # in full: ``orch_`` prefix and unit or ``_total`` suffix
+    field: str  # the record's key holding it
+    help: str
+    kind: str = "gauge"  # or "counter"
+
+
+@dataclass(frozen=True, slots=True)
 class StatusFigures:
-    """Figures an app's workers publish, as ``orchestrator status`` shows them."""
+    """Figures an app's workers publish, as ``orchestrator status``, the
+    dashboard and the metrics show them."""
 
     key: str  # their key in ``orchestrator status --json`` ("scanners")
     read: Callable[[Any], list[dict[str, Any]]]  # redis.Redis -> one record per worker
     line: Callable[[Mapping[str, Any]], str]  # one record as a line of ``status``
+    title: str = ""  # the dashboard's heading (else ``key``)
+    columns: Sequence[tuple[str, str]] = ()  # (record key, heading): the dashboard's table
+    progress: Callable[[Mapping[str, Any]], float | None] | None = None  # a bar, 0 to 1
+    metrics: Sequence[Metric] = ()  # exported by every spawner with ``metrics_port``
+    labels: Sequence[str] = ()  # the record keys that label its metrics
+    host_key: str | None = None  # records name their host here: a spawner exports its own
 
 
 def _no_commands() -> Sequence[Any]:

@@ -17,7 +17,7 @@ import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
@@ -136,15 +136,35 @@ class TickReading:
     holder: Any  # who holds our host name (``orch:host:<host>``), as stored
 
 
+class TickExtra(Protocol):
+    """More commands on the tick's round trip (``telemetry.Telemetry``)."""
+
+    def queue_on(self, pipe: redis.client.Pipeline, snapshot: HostStatus) -> int:
+        """Queue commands after the tick's own; how many."""
+        ...
+
+    def took(self, replies: list[Any], round_trip_s: float) -> None:
+        """Their replies, and how long the round trip took."""
+        ...
+
+
 class TickProbe:
     """A spawner tick's one round trip: every queue's depth (one Lua call),
     the live hosts, the record of who holds this host's name, and this
-    host's heartbeat and status snapshot published."""
+    host's heartbeat and status snapshot published (and, with an ``extra``,
+    its commands)."""
 
-    def __init__(self, client: redis.Redis, host: str, queues: Iterable[QueueConfig]) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        host: str,
+        queues: Iterable[QueueConfig],
+        extra: TickExtra | None = None,
+    ) -> None:
         self.client = client
         self.host = host
         self.depth = DepthProbe(queues)
+        self.extra = extra
 
     def read(
         self, snapshot: HostStatus, ttl_s: float, demand: Mapping[str, int] | None = None
@@ -171,8 +191,14 @@ class TickProbe:
         publish(pipe, snapshot, ttl_s)
         for queue, wanted in demand.items():
             pipe.hset(keys.demand(queue), self.host, wanted)
-        reply, hosts, holder, *_ = pipe.execute()
-        return reply, hosts, holder
+        if self.extra is None:
+            reply, hosts, holder, *_ = pipe.execute()
+            return reply, hosts, holder
+        queued = self.extra.queue_on(pipe, snapshot)
+        started = time.perf_counter()
+        replies = pipe.execute()
+        self.extra.took(replies[len(replies) - queued :], time.perf_counter() - started)
+        return replies[0], replies[1], replies[2]
 
 
 class StreamWatch:

@@ -129,6 +129,7 @@ class QueueState:
     def status(self, workers: Sequence[Worker], now: float) -> QueueStatus:
         q, d = self.config, self.depth
         control = "drained" if self.drained else self.control.describe()
+        facts = self.facts(workers, now)
         return QueueStatus(
             name=q.name,
             label=q.label,
@@ -146,6 +147,7 @@ class QueueState:
             global_live=d.global_slots if d and q.global_max_concurrent else None,
             global_max=q.global_max_concurrent,
             rate_limit=q.rate_limit.text if q.rate_limit else None,
+            busy=facts.live - facts.idle_live,
         )
 
 

@@ -15,7 +15,7 @@ import json
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from loguru import logger
@@ -25,6 +25,9 @@ from orchestrator.config import Backend, Config, QueueConfig
 from orchestrator.connections import REDIS_ERRORS, RedisHealth
 from orchestrator.logs import Events
 from orchestrator.reaper import PARKING_CONSUMER, Liveness, Reaper, classify
+
+if TYPE_CHECKING:
+    from orchestrator.telemetry import Telemetry
 
 
 def entries_text(n: int) -> str:
@@ -42,12 +45,20 @@ class Recovered:
 
 
 class Recovery:
-    """Recover, log, and defer while Redis is down."""
+    """Recover, log, and defer while Redis is down. A ``telemetry`` observes
+    the entries recovered, dead-lettered and handed on."""
 
-    def __init__(self, client: redis.Redis, events: Events, health: RedisHealth) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        events: Events,
+        health: RedisHealth,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         self.client = client
         self.events = events
         self.health = health
+        self.telemetry = telemetry
         self.reaper = Reaper(client)
         self.deferred: list[tuple[QueueConfig, str, str, bool]] = []
 
@@ -91,6 +102,8 @@ class Recovery:
         if q.backend is not Backend.STREAM:
             return {}
         given = self.reaper.hand_out(q, shares)
+        if self.telemetry is not None and given:
+            self.telemetry.handed_on(q.name, sum(given.values()))
         if wake and given:
             self.wake(list(given))
         return given
@@ -128,9 +141,12 @@ class Recovery:
     def _park(
         self, q: QueueConfig, consumer: str, reason: str, uncharged: bool, to: str | None
     ) -> Recovered:
+        since = time.monotonic()
         result = self.reaper.park(
             q, consumer, reason, uncharged=uncharged, to=to or PARKING_CONSUMER
         )
+        if self.telemetry is not None:
+            self._observe(q, result.parked, result.dead_lettered, since, straight=to is not None)
         if result.parked:
             self.events.info(
                 "parked",
@@ -154,10 +170,22 @@ class Recovery:
         held = result.parked + result.dead_lettered
         return Recovered(result.parked, held, result.done, result.in_hand)
 
+    def _observe(
+        self, q: QueueConfig, parked: int, dead: int, since: float, straight: bool
+    ) -> None:
+        """Count a recovery; time it now when its entries went straight on."""
+        assert self.telemetry is not None
+        self.telemetry.recovered_entries(q.name, parked, dead, None if straight else since)
+        if straight and parked:
+            self.telemetry.handed_on(q.name, parked, since)
+
     def _requeue_rq(self, q: QueueConfig, consumer: str, reason: str) -> Recovered:
         from orchestrator.rq_backend import recover_worker
 
+        since = time.monotonic()
         result = recover_worker(self.client, q.name, consumer, reason, q.serializer)
+        if self.telemetry is not None:  # RQ's requeue is the hand-on
+            self._observe(q, result.requeued, result.failed, since, straight=True)
         if result.requeued:
             self.events.info(
                 "requeued",
@@ -197,6 +225,11 @@ class Recovery:
             return "worker lost"
 
         for result in self.reaper.sweep(config, is_dead):
+            if self.telemetry is not None and (result.parked or result.dead_lettered):
+                since = time.monotonic()
+                self.telemetry.recovered_entries(
+                    result.queue, result.parked, result.dead_lettered, since
+                )
             if result.parked or result.dead_lettered:
                 logger.bind(event="sweep").info(
                     f"Swept consumer {result.consumer} of {result.queue}: "

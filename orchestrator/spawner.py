@@ -44,6 +44,7 @@ from orchestrator.reaper import PARKING_CONSUMER, Liveness, classify, split_shar
 from orchestrator.recovery import Recovery
 from orchestrator.slots import GlobalSlots
 from orchestrator.status import HostStatus, WorkerStatus, status_line, withdraw
+from orchestrator.telemetry import Telemetry
 from orchestrator.workforce import START_FAILED, Exit, Planned, Workforce, exit_facts
 
 SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -69,13 +70,14 @@ class WorkerSpawner:
         self.config = config
         self.host = config.spawner.host
         self.client = client or connect(config.redis_url, name=f"orch-spawner:{self.host}")
-        self.log = SpawnerLog(events or Events())
+        self.telemetry = Telemetry.configured(config.spawner)  # None: metrics and history off
+        self.log = SpawnerLog(events or Events(), self.telemetry)
         self.workforce = Workforce(LeaseBook(self.client, self.host), self.log, subreaper)
         self.fleet = self.workforce.fleet
         self.queues: dict[str, QueueState] = {}
         self.watch = StreamWatch(self.client)
         self.health = RedisHealth(self.log.events, config.redis_url)
-        self.recovery = Recovery(self.client, self.log.events, self.health)
+        self.recovery = Recovery(self.client, self.log.events, self.health, self.telemetry)
         self.claim = HostClaim(self.client, self.host, config.spawner.heartbeat_ttl_s)
         self.slots = GlobalSlots(self.client, self.host)
         self.memory = HostMemory(self.log)
@@ -121,6 +123,8 @@ class WorkerSpawner:
         """Serve until SIGTERM/SIGINT; returns the process exit code (0, or
         2 when another live spawner holds this host name)."""
         self.workforce.open(self.config)
+        if self.telemetry is not None:
+            self.telemetry.open(self.config, self.health, self.log.events)
         wakeup = procs.SignalWakeup(SIGNALS)
         wakeup.install()
         try:
@@ -500,6 +504,8 @@ class WorkerSpawner:
 
     def _finish(self) -> None:
         self.workforce.close()
+        if self.telemetry is not None:
+            self.telemetry.close()
         self.watch.reset()
         if self.claim.claimed:
             with contextlib.suppress(*REDIS_ERRORS):
@@ -512,7 +518,8 @@ class WorkerSpawner:
         self.workforce.stop_grace_s = config.spawner.stop_grace_s
         self.workforce.redis_url = config.redis_url
         apply_config(self.queues, config.queues)
-        self.probe = TickProbe(self.client, self.host, (s.config for s in self.queues.values()))
+        queues = (s.config for s in self.queues.values())
+        self.probe = TickProbe(self.client, self.host, queues, self.telemetry)
         self.next_tick = 0.0
 
     def _queue_config(self, name: str) -> QueueConfig:

@@ -42,6 +42,7 @@ class QueueStatus:
     global_live: int | None = None  # its workers across every host (global_max_concurrent)
     global_max: int | None = None
     rate_limit: str | None = None
+    busy: int = 0  # live workers holding entries
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from loguru import logger
 from orchestrator import codec, keys
 from orchestrator.deadletters import dead_letter_fields
 from orchestrator.worker.jobs import Job
+from orchestrator.worker.reaction import Reaction
 from orchestrator.worker.workerenv import Settings
 
 FLUSH_AFTER_S = 0.2  # results wait at most this long for their batch's ack
@@ -45,6 +46,7 @@ class Acks:
         self.processed = 0  # jobs acknowledged as done
         self.reported = False  # orch:done:<consumer> is set
         self.short_of_replicas = False  # the last WAIT timed out (logged once per episode)
+        self.reaction = Reaction(settings) if settings.report_reaction else None
 
     def ack(self, job: Job, result: dict[str, Any] | None, *, now: bool = False) -> None:
         """``job`` succeeded; flushed when ``now`` or the batch is old enough."""
@@ -66,6 +68,16 @@ class Acks:
         if not self.acks:
             self.first_at = time.monotonic()
 
+    def finish(self) -> None:
+        """At a clean exit: what is left, the reaction times of failed jobs
+        too (they ride on acknowledgements otherwise); one round trip at most."""
+        if self.acks or self.reaction is None or not self.reaction.counts:
+            self.flush()
+            return
+        pipe = self.client.pipeline(transaction=True)
+        self.reaction.queue_on(pipe)
+        pipe.execute()
+
     def flush(self, clear_in_hand: bool = False) -> None:
         if not self.acks and not clear_in_hand:
             return
@@ -80,6 +92,8 @@ class Acks:
             pipe.xack(self.s.stream, self.s.group, *self.acks)
             if not self.reported:
                 mark_done(pipe, self.s)
+        if self.reaction is not None:
+            self.reaction.queue_on(pipe)
         pipe.execute()
         if self.acks:
             self.reported = True

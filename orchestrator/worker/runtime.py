@@ -184,6 +184,7 @@ class WorkerRuntime:
                 self._process(jobs)
             elif time.monotonic() - self.last_work >= self.s.idle_timeout_s:
                 break
+        self.acks.finish()
         logger.info(
             f"{self.s.worker_id}: exiting after {time.monotonic() - self.started:.1f}s, "
             f"{self.acks.processed} done, {self.failed} failed"
@@ -357,8 +358,7 @@ class WorkerRuntime:
             for job in jobs:
                 if not self._may_start(done):
                     return False
-                if heartbeat is not None:
-                    heartbeat.jobs = (job,)
+                self._starting((job,))
                 done += 1
                 started = time.monotonic()
                 try:
@@ -401,6 +401,14 @@ class WorkerRuntime:
             self.waiting = False
         return self.stopping
 
+    def _starting(self, jobs: Sequence[Job]) -> None:
+        """The handler starts on ``jobs``: the heartbeat says so (the spawner
+        reads which jobs a worker holds), and their reaction time is taken."""
+        if self.heartbeat is not None:
+            self.heartbeat.jobs = jobs
+        if self.acks.reaction is not None:
+            self.acks.reaction.started(jobs)
+
     def _timed(self, elapsed_s: float, jobs: int) -> None:
         """Keep the average job time that sets the deadline margin."""
         if jobs:
@@ -417,8 +425,7 @@ class WorkerRuntime:
             self._release()  # stopped while waiting for tokens: none started
             raise Interrupted("stopped while waiting for the rate limit")
         started = time.monotonic()
-        if self.heartbeat is not None:
-            self.heartbeat.jobs = jobs
+        self._starting(jobs)
         try:
             results = self.handle_batch(jobs)
         except (Unavailable, Interrupted):

@@ -46,6 +46,7 @@ class Settings:
     drain: bool = False  # ORCH_DRAIN: the queue drains: own pending entries only
     wait_replicas: int = 0  # ORCH_WAIT_REPLICAS: acknowledgements wait for this many replicas
     wait_timeout_s: float = 1.0  # ORCH_WAIT_TIMEOUT
+    report_reaction: bool = False  # ORCH_METRICS=1: the spawner serves metrics
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -79,6 +80,7 @@ class Settings:
             wait_replicas=int(e.get("ORCH_WAIT_REPLICAS") or 0),
             wait_timeout_s=float(e.get("ORCH_WAIT_TIMEOUT") or 1.0),
             drain=e.get("ORCH_DRAIN") == "1",
+            report_reaction=e.get("ORCH_METRICS") == "1",
         )
 
 
@@ -140,6 +142,7 @@ def worker_env(
             "ORCH_DRAIN": "1" if drain else "",
             "ORCH_WAIT_REPLICAS": str(config.wait_replicas) if config.wait_replicas else "",
             "ORCH_WAIT_TIMEOUT": f"{config.wait_timeout_s:g}" if config.wait_replicas else "",
+            "ORCH_METRICS": "1" if config.spawner.metrics_port is not None else "",
             "PYTHONUNBUFFERED": "1",
         }
     )

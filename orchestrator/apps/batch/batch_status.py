@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import redis
@@ -21,9 +21,19 @@ import redis
 from orchestrator import codec, keys
 from orchestrator.apps.batch.batch_record import BatchState, batch_key
 
-__all__ = ["BatchStatus", "DeadShard", "follow", "format_details", "format_line", "read_batch"]
+__all__ = [
+    "BatchStatus",
+    "DeadShard",
+    "follow",
+    "format_details",
+    "format_line",
+    "read_batch",
+    "recent_batches",
+]
 
 DEAD_LETTERS_SCANNED = 1000  # the newest dead letters of the queue looked at
+RECENT_S = 3600.0  # recent_batches: those not finished, or finished this long ago at most
+RECENT_MAX = 20
 _FIELDS = (
     "state",
     "total",
@@ -129,16 +139,64 @@ def read_batch(client: redis.Redis, batch_id: str) -> BatchStatus | None:
     )
     if v["state"] is None:
         return None
-    shards = _int(v["shards"]) or 1
-    records = client.hmget(key, [f"shard:{i}" for i in range(shards)])
-    status = BatchStatus(
+    base = _from_fields(batch_id, v)
+    records = client.hmget(key, [f"shard:{i}" for i in range(base.shards)])
+    status = replace(base, shard_records=[None if r is None else json.loads(r) for r in records])
+    if status.state == BatchState.DONE or not status.stream:
+        return status
+    dead = _dead_shards(client, status.stream, batch_id)
+    return replace(status, dead_shards=dead) if dead else status
+
+
+def recent_batches(
+    client: redis.Redis, now: float | None = None, limit: int = RECENT_MAX
+) -> list[dict[str, Any]]:
+    """The batches running, queued or finished within ``RECENT_S``, newest
+    first, as flat records (the dashboard's rows, the metrics' samples):
+    one SCAN of ``orch:batch:*`` and one pipelined HMGET, no parts, no shards."""
+    now = time.time() if now is None else now
+    names = list(client.scan_iter(match=batch_key("*"), count=1000))
+    if not names:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.hmget(name, list(_FIELDS))
+    found = []
+    for name, values in zip(names, pipe.execute(), strict=True):
+        v = dict(zip(_FIELDS, (codec.decoded(x) for x in values), strict=True))
+        if v["state"] is None:
+            continue
+        status = _from_fields(codec.text(name).removeprefix(batch_key("")), v)
+        if not status.finished or now - (status.finished_at or status.updated_at or 0) < RECENT_S:
+            found.append(status)
+    found.sort(key=lambda b: b.submitted_at or 0.0, reverse=True)
+    return [_record(b, now) for b in found[:limit]]
+
+
+def _record(status: BatchStatus, now: float) -> dict[str, Any]:
+    record = status.to_json(now)
+    del record["shard_records"], record["dead_shards"]
+    record["progress"] = f"{status.completed:,}/{status.total:,}"
+    record["rate"] = round(status.current_rate(now), 1)
+    record["ratio"] = round(min(1.0, status.percent / 100), 4)
+    return record
+
+
+def status_of(record: Mapping[str, Any]) -> BatchStatus:
+    """A record of ``recent_batches`` as a ``BatchStatus`` again."""
+    names = {f.name for f in fields(BatchStatus)} - {"shard_records", "dead_shards"}
+    return BatchStatus(**{k: v for k, v in record.items() if k in names})
+
+
+def _from_fields(batch_id: str, v: dict[str, Any]) -> BatchStatus:
+    return BatchStatus(
         batch_id=batch_id,
         state=v["state"],
         total=_int(v["total"]) or 0,
         completed=_int(v["completed"]) or 0,
         errors=_int(v["errors"]) or 0,
         rate=_float(v["rate"]) or 0.0,
-        shards=shards,
+        shards=_int(v["shards"]) or 1,
         shards_done=_int(v["shards_done"]) or 0,
         submitted_at=_float(v["submitted_at"]),
         started_at=_float(v["started_at"]),
@@ -153,12 +211,7 @@ def read_batch(client: redis.Redis, batch_id: str) -> BatchStatus | None:
         matched=_int(v["matched"]),
         matches=_int(v["matches"]),
         updates=_int(v["updates"]) or 0,
-        shard_records=[None if r is None else json.loads(r) for r in records],
     )
-    if status.state == BatchState.DONE or not status.stream:
-        return status
-    dead = _dead_shards(client, status.stream, batch_id)
-    return replace(status, dead_shards=dead) if dead else status
 
 
 def _dead_shards(client: redis.Redis, stream: str, batch_id: str) -> list[DeadShard]:
