@@ -78,6 +78,14 @@ def redis_errors() -> Iterator[None]:
         raise Failure(f"Redis unavailable: {exc}") from exc
 
 
+@contextmanager
+def unknown_ids() -> Iterator[None]:
+    try:
+        yield
+    except deadletters.UnknownDeadLetters as exc:
+        raise Failure(str(exc)) from None
+
+
 def queue_of(config: Config, name: str) -> QueueConfig:
     try:
         return config.queue(name)
@@ -168,7 +176,7 @@ def status_command(config_path: str, as_json: bool) -> None:
 @click.argument("job", required=False, default="-")
 def enqueue(config_path: str, queue: str, job: str) -> None:
     """Add jobs: one JSON object, or JSON lines from stdin ('-')."""
-    from orchestrator.queues import enqueue_jobs
+    from orchestrator.producer import Producer, ReplicationTimeout
 
     config = load(config_path)
     q = queue_of(config, queue)
@@ -187,7 +195,10 @@ def enqueue(config_path: str, queue: str, job: str) -> None:
             raise click.BadParameter(f"line {number}: must be a JSON object", param_hint="JOB")
         jobs.append(value)
     with redis_errors():
-        ids = enqueue_jobs(client_for(config), q, jobs)
+        try:
+            ids = Producer(config, client_for(config)).enqueue_many(q.name, jobs)
+        except ReplicationTimeout as exc:
+            raise Failure(str(exc)) from None
     click.echo(
         f"enqueued {len(ids)} job(s) on {q.stream}" + (f": {ids[0]}" if len(ids) == 1 else "")
     )
@@ -324,7 +335,7 @@ def dlq_list(config_path: str, queue: str, limit: int) -> None:
         )
         for key, value in d.original_fields.items():
             click.echo(f"    {codec.printable(key)}: {codec.printable(value)}")
-    click.echo(f"{total} dead letter(s) in {q.dead_stream}")
+    click.echo(f"{total} dead letter(s) in {deadletters.where(q)} on {where(config)}")
 
 
 @dlq.command(name="retry")
@@ -335,9 +346,9 @@ def dlq_retry(config_path: str, queue: str, ids: tuple[str, ...]) -> None:
     """Put dead letters (all, or the IDS given) back on the queue."""
     config = load(config_path)
     q = queue_of(config, queue)
-    with redis_errors():
+    with redis_errors(), unknown_ids():
         new_ids = deadletters.retry_dead(client_for(config), q, list(ids) or None)
-    click.echo(f"re-queued {len(new_ids)} job(s) on {q.stream}")
+    click.echo(f"re-queued {len(new_ids)} job(s) on {q.stream} of {where(config)}")
 
 
 @dlq.command(name="purge")
@@ -349,10 +360,10 @@ def dlq_purge(config_path: str, queue: str, ids: tuple[str, ...], yes: bool) -> 
     """Delete dead letters (all, or the IDS given)."""
     config = load(config_path)
     q = queue_of(config, queue)
-    what = f"{len(ids)} dead letter(s)" if ids else f"all dead letters of {q.dead_stream}"
-    if not yes and not click.confirm(f"Delete {what}?"):
+    what = f"{len(ids)} dead letter(s)" if ids else f"all dead letters of {deadletters.where(q)}"
+    if not yes and not click.confirm(f"Delete {what} on {where(config)}?"):
         sys.exit(EXIT_FAILURE)
-    with redis_errors():
+    with redis_errors(), unknown_ids():
         n = deadletters.purge_dead(client_for(config), q, list(ids) or None)
     click.echo(f"deleted {n} dead letter(s)")
 

@@ -1,10 +1,12 @@
-"""The dead-letter stream of a queue: ``<stream>:dead``.
+"""The dead letters of a queue: the stream ``<stream>:dead``, or RQ's
+``FailedJobRegistry`` for an RQ queue (``rq_backend``).
 
-An entry there holds the original fields plus ``error``, ``attempts``,
+A dead-letter entry holds the original fields plus ``error``, ``attempts``,
 ``failed_at`` (epoch seconds) and ``original_id``. ``retry`` puts the
 original fields back on the queue as a new entry (fresh attempts) and
 removes the dead letter in the same MULTI/EXEC, so a retried job is never
-both lost and never twice on the queue.
+both lost and never twice on the queue. Ids that name no dead letter
+(``UnknownDeadLetters``) fail the whole call before anything changes.
 """
 
 from __future__ import annotations
@@ -22,6 +24,15 @@ if TYPE_CHECKING:
     from orchestrator.config import QueueConfig
 
 DEAD_LETTER_FIELDS = ("error", "attempts", "failed_at", "original_id")
+RQ = "rq"  # config.Backend.RQ (not imported: workers import this module)
+
+
+class UnknownDeadLetters(LookupError):
+    """Ids given that name no dead letter of the queue."""
+
+    def __init__(self, where: str, ids: Sequence[str]) -> None:
+        super().__init__(f"no dead letter {', '.join(ids)} in {where}: nothing changed")
+        self.ids = list(ids)
 
 
 def dead_letter_fields(
@@ -67,32 +78,59 @@ class DeadLetter:
 
 
 def list_dead(client: redis.Redis, queue: QueueConfig, limit: int = 100) -> list[DeadLetter]:
+    if queue.backend == RQ:
+        from orchestrator import rq_backend
+
+        return rq_backend.failed_jobs(client, queue, limit)[1]
     return _letters(client.xrange(queue.dead_stream, count=limit))
+
+
+def where(queue: QueueConfig) -> str:
+    """Where the queue's dead letters are, for people."""
+    return f"rq:failed:{queue.name}" if queue.backend == RQ else queue.dead_stream
 
 
 def newest_dead(
     client: redis.Redis, queues: Sequence[QueueConfig], limit: int
 ) -> dict[str, tuple[int, list[DeadLetter]]]:
     """Per queue: how many dead letters, and the newest ``limit`` of them
-    (one pipelined round trip, for the dashboard)."""
+    (one pipelined round trip for the stream queues, for the dashboard; RQ
+    queues' failed jobs one queue at a time)."""
+    streams = [q for q in queues if q.backend != RQ]
     pipe = client.pipeline(transaction=False)
-    for queue in queues:
+    for queue in streams:
         pipe.xlen(queue.dead_stream)
         pipe.xrevrange(queue.dead_stream, count=limit)
     replies = pipe.execute()
-    return {
-        q.name: (int(replies[2 * i]), _letters(replies[2 * i + 1])) for i, q in enumerate(queues)
+    newest = {
+        q.name: (int(replies[2 * i]), _letters(replies[2 * i + 1])) for i, q in enumerate(streams)
     }
+    for queue in queues:
+        if queue.backend == RQ:
+            from orchestrator import rq_backend
+
+            count, letters = rq_backend.failed_jobs(client, queue, limit, newest=True)
+            newest[queue.name] = (count, letters)
+    return newest
 
 
 def count_dead(client: redis.Redis, queue: QueueConfig) -> int:
+    if queue.backend == RQ:
+        from orchestrator import rq_backend
+
+        return rq_backend.failed_jobs(client, queue, 1)[0]
     return int(client.xlen(queue.dead_stream))
 
 
 def retry_dead(
     client: redis.Redis, queue: QueueConfig, ids: Sequence[str] | None = None
 ) -> list[str]:
-    """Re-queue dead letters (all, or ``ids``); returns the new entry ids."""
+    """Re-queue dead letters (all, or ``ids``); returns the new entry ids
+    (an RQ job keeps its id)."""
+    if queue.backend == RQ:
+        from orchestrator import rq_backend
+
+        return rq_backend.retry_failed(client, queue, _rq_ids(client, queue, ids))
     letters = _select(client, queue, ids)
     if not letters:
         return []
@@ -106,7 +144,12 @@ def retry_dead(
 
 def purge_dead(client: redis.Redis, queue: QueueConfig, ids: Sequence[str] | None = None) -> int:
     """Delete dead letters (all, or ``ids``); returns how many."""
+    if queue.backend == RQ:
+        from orchestrator import rq_backend
+
+        return rq_backend.purge_failed(client, queue, _rq_ids(client, queue, ids))
     if ids:
+        _select(client, queue, ids)  # all of them exist, or nothing is deleted
         return int(client.xdel(queue.dead_stream, *ids))
     count = count_dead(client, queue)
     client.delete(queue.dead_stream)
@@ -114,9 +157,29 @@ def purge_dead(client: redis.Redis, queue: QueueConfig, ids: Sequence[str] | Non
 
 
 def _select(client: redis.Redis, queue: QueueConfig, ids: Sequence[str] | None) -> list[DeadLetter]:
+    """The dead letters named (all when ``ids`` is empty); every one must exist."""
     if not ids:
         return _letters(client.xrange(queue.dead_stream))
-    return [d for i in ids for d in _letters(client.xrange(queue.dead_stream, i, i))]
+    pipe = client.pipeline(transaction=False)
+    for i in ids:
+        pipe.xrange(queue.dead_stream, i, i)
+    found = pipe.execute(raise_on_error=False)
+    missing = [
+        i for i, rows in zip(ids, found, strict=True) if not isinstance(rows, list) or not rows
+    ]
+    if missing:  # not a stream id (a ResponseError), or no such entry
+        raise UnknownDeadLetters(queue.dead_stream, missing)
+    return [d for rows in found for d in _letters(rows)]
+
+
+def _rq_ids(client: redis.Redis, queue: QueueConfig, ids: Sequence[str] | None) -> list[str]:
+    from orchestrator import rq_backend
+
+    failed = rq_backend.failed_ids(client, queue)
+    missing = [i for i in ids or () if i not in failed]
+    if missing:
+        raise UnknownDeadLetters(where(queue), missing)
+    return list(ids) if ids else sorted(failed)
 
 
 def _letters(rows: Any) -> list[DeadLetter]:

@@ -291,13 +291,20 @@ def ensure_group(client: redis.Redis, queue: QueueConfig) -> None:
 
 
 def enqueue_jobs(
-    client: redis.Redis, queue: QueueConfig, jobs: Sequence[Mapping[str, Any]]
+    client: redis.Redis,
+    queue: QueueConfig,
+    jobs: Sequence[Mapping[str, Any]],
+    *,
+    ensure: bool = True,
 ) -> list[str]:
-    """Add jobs to a stream queue as ``payload`` JSON; returns entry ids."""
+    """Add jobs to a stream queue as ``payload`` JSON; returns entry ids.
+    ``ensure``: create the stream and group first if missing."""
     if queue.backend is not Backend.STREAM:
         raise ValueError(f"queue {queue.name!r} is an RQ queue: enqueue with RQ's API")
-    ensure_group(client, queue)
+    payloads = [codec.encode_payload(job) for job in jobs]  # a bad job fails before any write
+    if ensure:
+        ensure_group(client, queue)
     pipe = client.pipeline(transaction=False)
-    for job in jobs:
-        pipe.xadd(queue.stream, {codec.PAYLOAD: codec.encode_payload(job)})
+    for payload in payloads:
+        pipe.xadd(queue.stream, {codec.PAYLOAD: payload})
     return [_text(i) for i in pipe.execute()]

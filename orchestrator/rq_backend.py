@@ -26,8 +26,9 @@ import math
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from rq import Queue, Worker
@@ -37,6 +38,10 @@ from rq.serializers import DefaultSerializer, JSONSerializer
 
 from orchestrator import codec, procs
 from orchestrator.connections import connect
+from orchestrator.deadletters import DeadLetter
+
+if TYPE_CHECKING:
+    from orchestrator.config import QueueConfig
 
 REASON_META = "orch_error"
 
@@ -130,3 +135,65 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def failed_jobs(
+    client: redis.Redis, queue: QueueConfig, limit: int, *, newest: bool = False
+) -> tuple[int, list[DeadLetter]]:
+    """The dead letters of an RQ queue: its ``FailedJobRegistry``, oldest
+    first (``newest``: newest first), as ``DeadLetter``s whose
+    ``original_fields`` are the call; and how many there are."""
+    registry = _failed_registry(client, queue)
+    ids = registry.get_job_ids(0, limit - 1, desc=newest)
+    jobs = Job.fetch_many(ids, connection=client, serializer=registry.serializer)
+    letters = [_as_dead_letter(i, job, queue) for i, job in zip(ids, jobs, strict=True)]
+    return registry.count, letters
+
+
+def retry_failed(client: redis.Redis, queue: QueueConfig, ids: Sequence[str]) -> list[str]:
+    """Put failed jobs back on their queue with fresh attempts (RQ's own
+    ``requeue``); their ids."""
+    registry = _failed_registry(client, queue)
+    for job_id in ids:
+        job = Job.fetch(job_id, connection=client, serializer=registry.serializer)
+        job.retries_left = None  # OrchestratedWorker gives it max_attempts again
+        job.save()
+        registry.requeue(job)
+    return list(ids)
+
+
+def purge_failed(client: redis.Redis, queue: QueueConfig, ids: Sequence[str]) -> int:
+    """Delete failed jobs (registry entry and job hash); how many."""
+    registry = _failed_registry(client, queue)
+    for job_id in ids:
+        registry.remove(job_id, delete_job=True)
+    return len(ids)
+
+
+def failed_ids(client: redis.Redis, queue: QueueConfig) -> set[str]:
+    return set(_failed_registry(client, queue).get_job_ids())
+
+
+def _failed_registry(client: redis.Redis, queue: QueueConfig) -> FailedJobRegistry:
+    ser = serializer_for(queue.serializer)
+    return FailedJobRegistry(queue.name, connection=client, serializer=ser)
+
+
+def _as_dead_letter(job_id: str, job: Job | None, queue: QueueConfig) -> DeadLetter:
+    if job is None:  # its hash expired: only the registry entry is left
+        return DeadLetter(job_id, {"error": "job data expired", "original_id": job_id})
+    error = job.meta.get(REASON_META) or _last_line(job.exc_info or "")
+    ended = job.ended_at.timestamp() if job.ended_at else 0.0
+    call = {"func": job.func_name or "", "args": codec.printable(repr(job.args))}
+    if job.kwargs:
+        call["kwargs"] = codec.printable(repr(job.kwargs))
+    # OrchestratedWorker gave it max_attempts - 1 retries when it first started
+    left = job.retries_left
+    attempts = 1 if left is None else max(1, queue.max_attempts - left)
+    fields = {"error": error, "attempts": str(attempts), "failed_at": f"{ended:.3f}"}
+    return DeadLetter(job_id, {**call, **fields, "original_id": job_id})
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""

@@ -243,6 +243,8 @@ def test_database_down_acknowledges_nothing_and_writes_once_it_is_back(
     # With max_attempts 1 a counted delivery would be dead-lettered at once: none may count.
     sp.wait_log("dependency unavailable: cannot connect", count=2, timeout_s=30)
     assert busy(r, sp.config_path).get("supabase_upload") == 5  # nothing acknowledged
+    tempfail = sp.wait_log("exited with code 75")  # the README's legend: ⏳ for exit 75
+    assert all("⏳ Worker" in line for line in tempfail), tempfail
     assert r.xlen("supabase_upload:dead") == 0 and r.xlen("investor_processing") == 0
 
     write_sections(sp, pg_url, pg_schema)  # the database is back

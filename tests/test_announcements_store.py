@@ -23,7 +23,8 @@ from orchestrator.apps.announcements.announcement import (
 from orchestrator.apps.announcements.errors import DatabaseUnavailable, StoreError
 from orchestrator.apps.announcements.pipeline_settings import DatabaseSettings
 from orchestrator.apps.announcements.postgres_store import PostgresStore
-from orchestrator.apps.announcements.store import Store, open_store, redact_url, sqlite_path
+from orchestrator.apps.announcements.store import Store, open_store, sqlite_path
+from orchestrator.connections import redact_url
 
 T0 = datetime(2024, 10, 14, 12, 0, tzinfo=UTC)
 

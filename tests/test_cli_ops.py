@@ -98,6 +98,14 @@ def test_dlq_list_retry_purge(tmp_path: Path, redis_url: str, r: TextRedis) -> N
     assert listed.returncode == 0 and "error=boom 1" in listed.stdout
     assert "3 dead letter(s) in ai_processing:dead" in listed.stdout
     first = r.xrange("ai_processing:dead")[0][0]
+    for bad in ("1-999", "not-an-id"):  # with a known one: nothing is retried
+        refused = run(config, "dlq", "retry", "ai_processing", first, bad)
+        assert refused.returncode == 1 and f"no dead letter {bad} in ai_processing:dead" in (
+            refused.stderr
+        )
+        assert r.xlen("ai_processing:dead") == 3 and not r.exists("ai_processing")
+    refused = run(config, "dlq", "purge", "ai_processing", "1-999", "--yes")
+    assert refused.returncode == 1 and r.xlen("ai_processing:dead") == 3
     retried = run(config, "dlq", "retry", "ai_processing", first)
     assert "re-queued 1 job(s)" in retried.stdout
     assert [f for _, f in r.xrange("ai_processing")] == [{"payload": '{"id": 0}'}]

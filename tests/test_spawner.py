@@ -153,6 +153,11 @@ def test_sigterm_stops_everything(redis_url: str, r: TextRedis, spawner_factory:
     assert [p for p in pids if pid_alive(p)] == []
     assert sp.lines("Spawner on test-spawner stopped")
     assert not redis.Redis.from_url(redis_url).zscore("orch:hosts", "test-spawner")
+    # the README's legend holds at shutdown too: 💀 for a worker a signal killed
+    killed = sp.lines("killed by signal 9 (SIGKILL)")
+    assert len(killed) == 1 and "💀 Worker upload_" in killed[0], killed
+    gone = sp.lines(", stopped for shutdown")
+    assert len(gone) == 3 and all("💀 Worker" in line for line in gone), gone
 
 
 def test_crash_loop_backs_off(redis_url: str, r: TextRedis, spawner_factory: Any) -> None:

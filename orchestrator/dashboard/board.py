@@ -107,8 +107,8 @@ class Board:
 
     def _queue(self, name: str) -> QueueConfig:
         q = self.config.queues.get(name)
-        if q is None or q.backend is not Backend.STREAM:
-            raise KeyError(f"no stream queue {name!r} in the config")
+        if q is None:
+            raise KeyError(f"no queue {name!r} in the config")
         return q
 
     # -- reading -------------------------------------------------------------------

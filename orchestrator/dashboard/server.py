@@ -69,7 +69,7 @@ def create_app(board: Board, token: str | None, loopback_only: bool) -> Starlett
         do: Callable[..., int] = board.retry if action == "retry" else board.purge
         try:
             count = await run_in_threadpool(do, queue, ids)
-        except (KeyError, ValueError) as exc:
+        except (LookupError, ValueError) as exc:  # an unknown queue or dead letter
             return _error(400, str(exc.args[0]))
         return JSONResponse({"action": action, "queue": queue, "count": count}, headers=HEADERS)
 

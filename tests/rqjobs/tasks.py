@@ -41,3 +41,10 @@ def hang_once(job_id: str) -> str:
     if _r().incr(f"test:seen:{job_id}") == 1:
         time.sleep(600)
     return record(job_id)
+
+
+def fail_until_allowed(job_id: str) -> str:
+    """Raises until ``test:allow:<job_id>`` is set (a dead letter to retry)."""
+    if not _r().exists(f"test:allow:{job_id}"):
+        raise ValueError(f"{job_id} not allowed yet")
+    return record(job_id)

@@ -59,12 +59,13 @@ from orchestrator import codec, procs
 from orchestrator.apps.announcements.demo_report import format_report, read_report
 from orchestrator.apps.announcements.errors import AnnouncementError
 from orchestrator.apps.announcements.pipeline_settings import DatabaseSettings, database_with_env
-from orchestrator.apps.announcements.store import open_store, redact_url, sqlite_path
+from orchestrator.apps.announcements.store import open_store, sqlite_path
 from orchestrator.config import EMBEDDED, REDIS_URL_ENV, Config, ConfigError, load_config
-from orchestrator.connections import connect
+from orchestrator.connections import connect, redact_url
 from orchestrator.deadletters import DeadLetter, list_dead
 from orchestrator.embedded import EmbeddedRedis, EmbeddedRedisError
-from orchestrator.queues import DepthProbe, enqueue_jobs
+from orchestrator.producer import Producer
+from orchestrator.queues import DepthProbe
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -132,7 +133,7 @@ def _run(config: Config, db: DatabaseSettings, timeout_s: float) -> str:
         stack.callback(client.close)
         marks = dead_letter_marks(client, demo)
         jobs = load_samples(config.root)
-        enqueue_jobs(client, demo.queue(FIRST_QUEUE), jobs)
+        Producer(demo, client).enqueue_many(FIRST_QUEUE, jobs)
         say(f"queued {len(jobs)} sample jobs on {FIRST_QUEUE}; database {redact_url(db.url)}")
         spawner = stack.enter_context(SpawnerProcess(demo_path, redis_url, demo))
         wait_until_drained(client, demo, spawner, timeout_s)

@@ -21,7 +21,8 @@ from psycopg.types.json import Jsonb
 
 from orchestrator.apps.announcements.announcement import CATEGORY_NAMES
 from orchestrator.apps.announcements.errors import DatabaseUnavailable, StoreError
-from orchestrator.apps.announcements.store import Store, redact_url
+from orchestrator.apps.announcements.store import Store
+from orchestrator.connections import redact_url
 
 __all__ = ["PostgresStore"]
 

@@ -32,9 +32,8 @@ from orchestrator.apps.announcements.announcement import (
 from orchestrator.apps.announcements.errors import InvalidJob, StoreError
 from orchestrator.apps.announcements.payloads import parse_record
 from orchestrator.apps.announcements.pipeline_settings import DatabaseSettings
-from orchestrator.connections import redact_url
 
-__all__ = ["Store", "open_store", "redact_url", "sqlite_path"]
+__all__ = ["Store", "open_store", "sqlite_path"]
 
 _ANNOUNCEMENT_COLUMNS = (
     "id", "symbol", "exchange", "title", "category", "sentiment", "summary",
