@@ -69,7 +69,7 @@ def test_slow_jobs_spread_over_the_workers(
 def test_a_kill_storm_does_not_stall_the_queue(
     redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
-    """Workers SIGKILLed every 250 ms for 8 s after they did work (an OOM
+    """Workers SIGKILLed every 250 ms after they did work, 30 times (an OOM
     killer, an operator): no crash-loop backoff, and the queue drains."""
     sp = spawner_factory(
         redis_url,
@@ -79,9 +79,9 @@ def test_a_kill_storm_does_not_stall_the_queue(
     total = 3000
     stage(r, "ai_processing", [{"id": i, "seconds": 0.01} for i in range(total)])
     rng = random.Random(7)
-    kills = 0
-    storm_ends = time.monotonic() + 8.0
-    while time.monotonic() < storm_ends:
+    kills, storm = 0, 30
+    deadline = time.monotonic() + 30.0  # 7.5 s at the storm's pace; more on a loaded machine
+    while kills < storm and time.monotonic() < deadline:
         worked = {consumer.rpartition("/")[2] for _, _, consumer, _ in starts(r)}
         victims = [pid for wid, _, pid, _ in sp.spawned() if wid in worked and pid in live_pids(sp)]
         if victims:
@@ -92,7 +92,7 @@ def test_a_kill_storm_does_not_stall_the_queue(
     dead_stream = keys.dead_stream("ai_processing")
     wait_until(lambda: r.scard("flow:done") + r.xlen(dead_stream) >= total, 60)
     drained_s = time.monotonic() - last_kill
-    assert kills >= 25
+    assert kills == storm
     assert not sp.lines("keep failing"), sp.lines("keep failing")
     assert drained_s < 10.0, drained_s
     for _, fields in r.xrange(dead_stream):  # only a job killed max_attempts times
