@@ -32,6 +32,7 @@ DEFAULT_CONFIG_PATH = Path("config/workers.yaml")
 RQ_WORKER_ARGV = (sys.executable, "-m", "orchestrator.rq_backend")  # an rq queue's default
 REDIS_URL_ENV = "ORCH_REDIS_URL"
 EMBEDDED = "embedded"
+MAX_STREAM_ENTRIES = 1_000_000_000  # the largest retention and dead-letter cap accepted
 
 __all__ = [
     "EMBEDDED",
@@ -91,6 +92,8 @@ class QueueConfig:
     env: Mapping[str, str] = field(default_factory=dict)
     global_max_concurrent: int | None = None  # across every spawner on the Redis
     rate_limit: RateLimit | None = None  # jobs started per second, by every worker on every host
+    retention: int = 10_000  # entries the stream keeps once every group is done with them
+    max_dead_letters: int = 10_000  # the dead-letter stream keeps the newest this many
 
     @property
     def dead_stream(self) -> str:
@@ -409,6 +412,10 @@ def _parse_queue(name: str, s: Section, root: Path) -> QueueConfig | None:
             else None
         ),
         rate_limit=_parse_rate_limit(s),
+        retention=s.integer("retention", d.retention, min=0, max=MAX_STREAM_ENTRIES),
+        max_dead_letters=s.integer(
+            "max_dead_letters", d.max_dead_letters, min=0, max=MAX_STREAM_ENTRIES
+        ),
     )
     s.done()
     return cfg

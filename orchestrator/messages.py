@@ -233,5 +233,15 @@ class SpawnerLog:
                 f"Host memory at {percent:.0f}% > max_memory_percent {max_percent:g}: not spawning",
             )
 
+    def dead_letters_dropped(self, q: QueueConfig, dropped: int) -> None:
+        self.events.warning(
+            "dead_letters_dropped",
+            "🗑️",
+            f"Dropped the {dropped} oldest dead letter(s) of {q.label}: {q.dead_stream} keeps "
+            f"the newest {q.max_dead_letters} (max_dead_letters)",
+            queue=q.name,
+            dropped=dropped,
+        )
+
     def status(self, line: str) -> None:
         self.events.info("status", "📊", line)

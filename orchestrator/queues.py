@@ -137,7 +137,8 @@ class TickReading:
 
 
 class TickExtra(Protocol):
-    """More commands on the tick's round trip (``telemetry.Telemetry``)."""
+    """More commands on the tick's round trip (``telemetry.Telemetry``,
+    ``retention.Retention``)."""
 
     def queue_on(self, pipe: redis.client.Pipeline, snapshot: HostStatus) -> int:
         """Queue commands after the tick's own; how many."""
@@ -152,19 +153,19 @@ class TickProbe:
     """A spawner tick's one round trip: every queue's depth (one Lua call),
     the live hosts, the record of who holds this host's name, and this
     host's heartbeat and status snapshot published (and, with an ``extra``,
-    its commands)."""
+    their commands)."""
 
     def __init__(
         self,
         client: redis.Redis,
         host: str,
         queues: Iterable[QueueConfig],
-        extra: TickExtra | None = None,
+        extras: Sequence[TickExtra] = (),
     ) -> None:
         self.client = client
         self.host = host
         self.depth = DepthProbe(queues)
-        self.extra = extra
+        self.extras = list(extras)
 
     def read(
         self, snapshot: HostStatus, ttl_s: float, demand: Mapping[str, int] | None = None
@@ -191,13 +192,14 @@ class TickProbe:
         publish(pipe, snapshot, ttl_s)
         for queue, wanted in demand.items():
             pipe.hset(keys.demand(queue), self.host, wanted)
-        if self.extra is None:
-            reply, hosts, holder, *_ = pipe.execute()
-            return reply, hosts, holder
-        queued = self.extra.queue_on(pipe, snapshot)
+        queued = [extra.queue_on(pipe, snapshot) for extra in self.extras]
         started = time.perf_counter()
         replies = pipe.execute()
-        self.extra.took(replies[len(replies) - queued :], time.perf_counter() - started)
+        round_trip_s = time.perf_counter() - started
+        at = len(replies) - sum(queued)
+        for extra, n in zip(self.extras, queued, strict=True):
+            extra.took(replies[at : at + n], round_trip_s)
+            at += n
         return replies[0], replies[1], replies[2]
 
 

@@ -4,9 +4,10 @@ A reconcile loop, as in circus. It sleeps in one ``select`` on the signal
 pipe (SIGCHLD, SIGTERM/SIGINT, SIGHUP), an outstanding ``XREAD`` on the
 streams that have room for more workers (a job on an idle system starts a
 worker within milliseconds) and a timer. A tick is one Redis round trip
-(``TickProbe``); then the pure rules of ``scaling`` decide, and the spawner
-acts: dead consumers' entries parked and handed on (``Recovery``, the only
-way to the reaper), workers started or asked to give their slot up
+(``TickProbe``; every few seconds it trims the streams too: ``Retention``);
+then the pure rules of ``scaling`` decide, and the spawner acts: dead
+consumers' entries parked and handed on (``Recovery``, the only way to the
+reaper), workers started or asked to give their slot up
 (``Workforce``). An exit is handled the moment SIGCHLD arrives: reaped, its
 work given back, its program judged (the crash-loop rule).
 """
@@ -38,10 +39,11 @@ from orchestrator.leases import LeaseBook
 from orchestrator.logs import Events
 from orchestrator.memory import HostMemory, over_cap
 from orchestrator.messages import SpawnerLog, death_reason
-from orchestrator.queues import QueueDepth, StreamWatch, TickProbe
+from orchestrator.queues import QueueDepth, StreamWatch, TickExtra, TickProbe
 from orchestrator.queuestate import QueueState, apply_config
 from orchestrator.reaper import PARKING_CONSUMER, Liveness, classify, split_shares
 from orchestrator.recovery import Recovery
+from orchestrator.retention import Retention
 from orchestrator.slots import GlobalSlots
 from orchestrator.status import HostStatus, WorkerStatus, status_line, withdraw
 from orchestrator.telemetry import Telemetry
@@ -518,8 +520,10 @@ class WorkerSpawner:
         self.workforce.stop_grace_s = config.spawner.stop_grace_s
         self.workforce.redis_url = config.redis_url
         apply_config(self.queues, config.queues)
-        queues = (s.config for s in self.queues.values())
-        self.probe = TickProbe(self.client, self.host, queues, self.telemetry)
+        queues = [s.config for s in self.queues.values()]
+        self.retention = Retention(queues, self.log)
+        extras: list[TickExtra] = [e for e in (self.retention, self.telemetry) if e is not None]
+        self.probe = TickProbe(self.client, self.host, queues, extras)
         self.next_tick = 0.0
 
     def _queue_config(self, name: str) -> QueueConfig:
