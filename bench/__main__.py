@@ -1,4 +1,5 @@
-"""Run every benchmark module, or those named on the command line."""
+"""Run every benchmark module, or those named on the command line; options
+after one name go to it (``python -m bench soak --jobs 100000``)."""
 
 from __future__ import annotations
 
@@ -19,16 +20,23 @@ def discover() -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    names = argv or discover()
+    split = next((i for i, arg in enumerate(argv) if arg.startswith("-")), len(argv))
+    names, options = argv[:split] or discover(), argv[split:]
     unknown = sorted(set(names) - set(discover()))
     if unknown:
         print(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(discover())}")
+        return 2
+    if options and len(names) != 1:
+        print("options go to one benchmark: python -m bench NAME --option ...")
         return 2
     for name in names:
         module = importlib.import_module(f"bench.bench_{name}")
         print(f"\n=== {name} ===", flush=True)
         started = time.monotonic()
-        module.main()
+        if options:
+            module.main(options)
+        else:
+            module.main()
         print(f"--- {name}: {time.monotonic() - started:.1f}s", flush=True)
     return 0
 

@@ -93,6 +93,9 @@ def orchestrator_run(url: str, workdir: Path, stream: str, n: int, produced: boo
                 "script": str(ROOT / "bench" / "workers" / "tiny_worker.py"),
                 "max_concurrent": 2,
                 "env": {"PYTHONPATH": str(ROOT)},
+                # Staged jobs sit behind the group's last-delivered id, which
+                # trimming takes for done: the retention must hold them all.
+                "retention": n,
             }
         },
     }
