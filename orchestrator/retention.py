@@ -15,7 +15,7 @@ stream; RQ queues keep RQ's own limits.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,15 +50,17 @@ def targets(queues: Iterable[QueueConfig]) -> list[Target]:
 
 
 def queue_trim(
-    pipe: redis.client.Pipeline, trimmed: list[Target], count_cap: int = LAG_COUNT_CAP
+    pipe: redis.client.Pipeline,
+    streams: Sequence[tuple[str, int]],
+    count_cap: int = LAG_COUNT_CAP,
 ) -> None:
-    """Queue the trim of ``trimmed`` on ``pipe``: its reply, the entries
-    removed from each. ``count_cap``: the most entries the script counts to
-    decide how far it may trim (see ``lua/trim.lua``). ``EVAL`` rather than
-    ``EVALSHA``: it is sent once in a while, and a restarted Redis cannot
-    answer it ``NOSCRIPT``."""
-    keeps = [t.keep for t in trimmed]
-    pipe.eval(TRIM_SCRIPT, len(trimmed), *[t.stream for t in trimmed], *keeps, count_cap)
+    """Queue the trim of ``streams`` (each with the entries it keeps) on
+    ``pipe``; its reply: the entries removed from each. ``count_cap``: the
+    most entries the script counts to decide how far it may trim (see
+    ``lua/trim.lua``). ``EVAL`` rather than ``EVALSHA``: it is sent once in
+    a while, and a restarted Redis cannot answer it ``NOSCRIPT``."""
+    names, keeps = [name for name, _ in streams], [keep for _, keep in streams]
+    pipe.eval(TRIM_SCRIPT, len(names), *names, *keeps, count_cap)
 
 
 class Retention:
@@ -78,12 +80,13 @@ class Retention:
         if not self.targets or now < self.next_at:
             return 0
         self.next_at = now + self.interval_s
-        queue_trim(pipe, self.targets)
+        queue_trim(pipe, [(t.stream, t.keep) for t in self.targets])
         return 1
 
     def took(self, replies: list[Any], round_trip_s: float) -> None:
-        """Log the dead letters dropped."""
-        for removed in replies:
-            for target, n in zip(self.targets, removed, strict=True):
-                if target.dead_letters and n:
-                    self.log.dead_letters_dropped(target.queue, int(n))
+        """The trim's reply, when it was queued: the dead letters dropped are logged."""
+        if not replies:
+            return
+        for target, removed in zip(self.targets, replies[0], strict=True):
+            if target.dead_letters and removed:
+                self.log.dead_letters_dropped(target.queue, int(removed))

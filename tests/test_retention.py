@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -20,7 +20,7 @@ import redis
 from orchestrator.config import parse_config
 from orchestrator.embedded import EmbeddedRedis
 from orchestrator.queues import LAG_COUNT_CAP
-from orchestrator.retention import TRIM_INTERVAL_S, Target, queue_trim
+from orchestrator.retention import TRIM_INTERVAL_S, queue_trim
 from tests.helpers import TextRedis, wait_until
 from tests.spawn_harness import worker_script
 from tests.test_scanner_worker import GROUP, STREAM, add, all_acked, random_rows, start_scanner
@@ -147,20 +147,18 @@ def test_dead_letters_past_their_cap_drop_the_oldest_and_say_how_many(
 
 
 @pytest.fixture(params=["7", "6.2"])
-def any_redis(
-    request: pytest.FixtureRequest, redis_server: EmbeddedRedis
-) -> redis.Redis:  # a TextRedis
+def any_redis(request: pytest.FixtureRequest, redis_server: EmbeddedRedis) -> Iterator[TextRedis]:
+    """A clean client of the session's Redis, and of a Redis 6.2."""
     server = redis_server if request.param == "7" else request.getfixturevalue("redis62_server")
     client = redis.Redis.from_url(server.url, decode_responses=True)
     client.flushall()
-    return client
+    yield client
+    client.close()
 
 
 def trim(r: TextRedis, stream: str, keep: int, count_cap: int | None = None) -> int:
     pipe = r.pipeline(transaction=False)
-    target = Target(parse_config({"queues": {"q": {"command": ["x"]}}}, env={}).queues["q"],
-                    stream, keep, dead_letters=False)  # fmt: skip
-    queue_trim(pipe, [target], count_cap or LAG_COUNT_CAP)
+    queue_trim(pipe, [(stream, keep)], count_cap or LAG_COUNT_CAP)
     (removed,) = pipe.execute()
     return int(removed[0])
 
