@@ -46,6 +46,7 @@ class Sample:
     t_s: float
     used_memory: int
     lengths: tuple[int, ...]  # of STREAMS
+    keys: int  # in the database
     done: int  # jobs stage B is done with
 
 
@@ -77,12 +78,12 @@ def done_count(r: redis.Redis) -> int:
 def sample(r: redis.Redis, started: float) -> Sample:
     pipe = r.pipeline(transaction=False)
     pipe.info("memory")
+    pipe.dbsize()
     for stream in STREAMS:
         pipe.xlen(stream)
-    memory, *lengths = pipe.execute()
-    return Sample(
-        time.monotonic() - started, int(memory["used_memory"]), tuple(lengths), done_count(r)
-    )
+    memory, keys, *lengths = pipe.execute()
+    used = int(memory["used_memory"])
+    return Sample(time.monotonic() - started, used, tuple(lengths), int(keys), done_count(r))
 
 
 def produce(r: redis.Redis, start: int, count: int) -> None:
@@ -142,18 +143,19 @@ def report(jobs: int, run: Run) -> None:
         f"  {jobs / elapsed:,.0f} jobs/s ({2 * jobs / elapsed:,.0f} stream entries/s) "
         f"over {elapsed:.0f} s"
     )
-    print(f"  {'t (s)':>7} {'done':>10} {'used MiB':>9}  " + "  ".join(f"{s:>11}" for s in STREAMS))
+    streams = "  ".join(f"{s:>11}" for s in STREAMS)
+    print(f"  {'t (s)':>7} {'done':>10} {'used MiB':>9} {'keys':>5}  {streams}")
     step = max(1, len(samples) // 10)
     for s in [*samples[::step], samples[-1]]:
         lengths = "  ".join(f"{n:>11,}" for n in s.lengths)
-        print(f"  {s.t_s:7.0f} {s.done:10,} {s.used_memory / mib:9.1f}  {lengths}")
+        print(f"  {s.t_s:7.0f} {s.done:10,} {s.used_memory / mib:9.2f} {s.keys:5}  {lengths}")
     first, second = halves(samples)
     for name, part in (("first half", first), ("second half", second)):
         memory = statistics.mean(s.used_memory for s in part) / mib
         longest = ", ".join(
             f"{stream} {max(s.lengths[i] for s in part):,}" for i, stream in enumerate(STREAMS)
         )
-        print(f"  {name}: used memory mean {memory:.1f} MiB; longest {longest}")
+        print(f"  {name}: used memory mean {memory:.2f} MiB; longest {longest}")
     ratio = statistics.mean(s.used_memory for s in second) / statistics.mean(
         s.used_memory for s in first
     )
