@@ -63,7 +63,10 @@ class Problems:
 
 def _as_float(value: Any) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value) if abs(value) < 1e308 else math.copysign(math.inf, value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            return math.copysign(math.inf, value)
     return None
 
 
