@@ -1,6 +1,8 @@
 """The config file, ``config/workers.yaml``, as frozen dataclasses.
 
-``load_config(path)`` is the one way in: it parses YAML, applies defaults,
+``load_config(path)`` is the one way in (no path: ``find_config()``, which
+tries ``$ORCH_CONFIG`` then ``SEARCH_PATH``): it parses YAML
+(``validate.read_yaml``: UTF-8, no duplicate keys), applies defaults,
 converts units once (durations are seconds, as floats named ``*_s``), checks
 types and ranges, rejects unknown keys, and raises ``ConfigError`` listing
 every problem with its key path. Nothing here reads the environment at import

@@ -16,7 +16,7 @@ key, with its default::
       progress_interval: 0.5        # seconds between progress updates (at least 0.5)
       keep: 604800                  # seconds orch:batch:<id> outlives its last update
 
-Relative paths are relative to the repository root (the config's root);
+Relative paths are relative to the config's base directory (``Config.root``);
 ``resolve`` turns them into absolute ones. Field names are the YAML keys
 (durations carry ``_s``, which ``orchestrator check`` strips).
 """
