@@ -25,10 +25,7 @@ T = TypeVar("T")
 
 _MISSING: Any = object()
 
-# No number of a config goes past this, unless its key allows more: beyond
-# it (31 years of seconds) Redis expiries, sleeps and timers overflow.
-NUMBER_LIMIT = 1e9
-YEAR_S = 365 * 86400.0  # the longest duration a key allows, unless it says less
+YEAR_S = 365 * 86400.0  # the longest duration a config key allows (Redis expiries, timers)
 
 
 class ConfigError(ValueError):
@@ -47,14 +44,14 @@ class Problems:
     key_lines: Mapping[str, int] = field(default_factory=dict)  # key path -> YAML line
 
     def add(self, path: str, message: str) -> None:
-        self.lines.append(f"{self.where(path)}: {message}" if path else message)
+        self.lines.append(f"{path}: {message}{self.line_of(path)}" if path else message)
 
-    def where(self, path: str) -> str:
-        """``path`` with the YAML line of it, or of the nearest key above it."""
+    def line_of(self, path: str) -> str:
+        """`` (line N)``: where ``path``, or the nearest key above it, is in the file."""
         key = path
         while key and key not in self.key_lines:
             key = key.rpartition(".")[0]
-        return f"{path} (line {self.key_lines[key]})" if key else path
+        return f" (line {self.key_lines[key]})" if key else ""
 
     def raise_if_any(self) -> None:
         if self.lines:
@@ -166,8 +163,6 @@ class Section:
     ) -> Any:
         if value is None or value is default:
             return value
-        low = -NUMBER_LIMIT if low is None else low
-        high = NUMBER_LIMIT if high is None else high
         if low is not None and value < low:
             self.error(key, f"must be >= {low:g}, got {value:g}")
             return default

@@ -104,7 +104,7 @@ def test_commands_with_nothing_to_show_name_the_redis_and_host(
         ("dlq", "purge", "--yes", "ai_processing"): "deleted 0 dead letter(s) of ai_processing",
         ("reap",): f"no dead consumers {on}",
         ("streams",): f"Redis {redis_url} (host vm-where)",
-        ("batch", "status", "nope"): on,
+        ("batch", "status", "nope"): f"no orch:batch:nope in Redis {redis_url} (host vm-where)",
     }
     for args, says in empty.items():
         out = cli(*args, "-c", config, cwd=tmp_path)

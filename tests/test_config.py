@@ -103,8 +103,8 @@ def test_check_command(tmp_path: Path) -> None:
     out = subprocess.run([*run, str(bad)], capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.splitlines() == [
-        "queues.ai.max_concurrent (line 2): must be >= 1, got 0",
-        "queues.ai.cooldwn (line 2): unknown key",
+        "queues.ai.max_concurrent: must be >= 1, got 0 (line 2)",
+        "queues.ai.cooldwn: unknown key (line 2)",
     ]
     good = subprocess.run(
         [*run, str(ROOT / "config" / "workers.yaml")], capture_output=True, text=True

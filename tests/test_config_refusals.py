@@ -1,8 +1,8 @@
 """Whatever ``check`` accepts, ``run`` runs: each bad config is refused by both.
 
 Every case is a real file given to the real CLI: ``orchestrator check -c FILE``
-and ``orchestrator run -c FILE`` must exit 2 naming the key path (and its line
-in the file), with no traceback, before anything starts.
+and ``orchestrator run -c FILE`` must exit 2 naming the key path and its line
+in the file, with no traceback, before anything starts.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ QUEUE = "queues:\n  ai:\n    command: ['true']\n"
 @dataclass(frozen=True)
 class Bad:
     text: str | bytes  # the config file
-    says: str  # in the output: the key path (and line)
+    says: str  # a line of the output starts with it: the key path and the problem
+    line: int | None = None  # and ends with " (line N)"
     env: dict[str, str] = field(default_factory=dict)
     files: dict[str, int] = field(default_factory=dict)  # created next to it, with this mode
 
@@ -30,28 +31,39 @@ class Bad:
 CASES = {
     "nan percentage": Bad(
         "spawner:\n  max_memory_percent: .nan\n" + QUEUE,
-        "spawner.max_memory_percent (line 2): must be a finite number, got nan",
+        "spawner.max_memory_percent: must be a finite number, got nan",
+        2,
     ),
     "infinite duration": Bad(
         "spawner:\n  stop_grace: .inf\n" + QUEUE,
-        "spawner.stop_grace (line 2): must be a finite number, got inf",
+        "spawner.stop_grace: must be a finite number, got inf",
+        2,
     ),
-    "nan in a queue": Bad(QUEUE + "    cooldown: -.inf\n", "queues.ai.cooldown (line 4)"),
+    "nan in a queue": Bad(
+        QUEUE + "    cooldown: -.inf\n", "queues.ai.cooldown: must be a finite number, got -inf", 4
+    ),
     "nan in an app section": Bad(
-        QUEUE + "database:\n  timeout: .nan\n", "database.timeout (line 5)"
+        QUEUE + "database:\n  timeout: .nan\n",
+        "database.timeout: must be a finite number, got nan",
+        5,
     ),
     "overflowing ttl": Bad(
         "spawner:\n  heartbeat_ttl: 1.0e+300\n" + QUEUE,
-        "spawner.heartbeat_ttl (line 2): must be <= 86400",
+        "spawner.heartbeat_ttl: must be <= 86400",
+        2,
     ),
     "1e300 is text in YAML": Bad(
         "spawner:\n  heartbeat_ttl: 1e300\n" + QUEUE,
-        "spawner.heartbeat_ttl (line 2): must be a number, got str '1e300'",
+        "spawner.heartbeat_ttl: must be a number, got str '1e300'",
+        2,
     ),
-    "huge integer": Bad(QUEUE + "    max_attempts: " + "9" * 40 + "\n", "queues.ai.max_attempts"),
+    "huge integer": Bad(
+        QUEUE + "    max_attempts: " + "9" * 40 + "\n", "queues.ai.max_attempts: must be <= 1000", 4
+    ),
     "number past any timer": Bad(
         QUEUE + "scanner:\n  patterns:\n    cooloff: 1.0e+12\n",
-        "scanner.patterns.cooloff (line 6): must be <= 1e+09",
+        "scanner.patterns.cooloff: must be <= 86400",
+        6,
     ),
     "second queues block": Bad(
         QUEUE + "queues:\n  other:\n    command: ['true']\n",
@@ -64,42 +76,49 @@ CASES = {
     "not UTF-8": Bad(b"# caf\xe9\n" + QUEUE.encode(), "bad.yaml: not UTF-8: byte 0xe9 at offset 5"),
     "redis url of another scheme": Bad(
         "redis:\n  url: http://127.0.0.1:6379/0\n" + QUEUE,
-        "redis.url (line 2): must start with one of redis://",
+        "redis.url: must start with one of redis://",
+        2,
     ),
     "bad ORCH_REDIS_URL": Bad(
         QUEUE, "$ORCH_REDIS_URL: must start with one of", env={"ORCH_REDIS_URL": "http://x:1"}
     ),
     "empty ORCH_REDIS_URL leaves the file's url checked": Bad(
         "redis:\n  url: http://127.0.0.1:6379/0\n" + QUEUE,
-        "redis.url (line 2): must start with one of",
+        "redis.url: must start with one of",
+        2,
         env={"ORCH_REDIS_URL": ""},
     ),
     "database url of another scheme": Bad(
-        QUEUE + "database:\n  url: mysql://app@db/x\n", "database.url (line 5)"
+        QUEUE + "database:\n  url: mysql://app@db/x\n", "database.url: ", 5
     ),
     "script that does not exist": Bad(
         "queues:\n  ai:\n    script: workers/nowhere.py\n",
-        "queues.ai.script (line 3): no such file: ",
+        "queues.ai.script: no such file: ",
+        3,
     ),
     "command not found": Bad(
         "queues:\n  ai:\n    command: [no-such-program-here, x]\n",
-        "queues.ai.command (line 3): 'no-such-program-here' is not an executable file",
+        "queues.ai.command: 'no-such-program-here' is not an executable file",
+        3,
     ),
     "command not executable": Bad(
         "queues:\n  ai:\n    command: [./tool.sh]\n",
-        "queues.ai.command (line 3): './tool.sh' is not an executable file",
+        "queues.ai.command: './tool.sh' is not an executable file",
+        3,
         files={"tool.sh": 0o644},
     ),
     "two queues with one label": Bad(
         QUEUE + "    label: AI\n  other:\n    command: ['true']\n    label: AI\n",
-        "queues.other.label (line 7): 'AI' is the label of 'ai' too",
+        "queues.other.label: 'AI' is the label of 'ai' too",
+        7,
     ),
     "two queues with one default label": Bad(
         "queues:\n  ai_fast:\n    command: ['true']\n  ai_slow:\n    command: ['true']\n",
-        "queues.ai_slow.label (line 4): 'AI' is the label of 'ai_fast' too",
+        "queues.ai_slow.label: 'AI' is the label of 'ai_fast' too",
+        4,
     ),
     "host name with a slash": Bad(
-        "spawner:\n  host: vm/1\n" + QUEUE, "spawner.host (line 2): must be 1-128 letters"
+        "spawner:\n  host: vm/1\n" + QUEUE, "spawner.host: must be 1-128 letters", 2
     ),
 }
 
@@ -133,7 +152,10 @@ def test_a_bad_config_is_refused_by_check_and_run(tmp_path: Path, case: Bad, com
         (tmp_path / name).chmod(mode)
     out = cli(path, command, clean_env(**case.env))
     assert out.returncode == 2, out.stdout + out.stderr
-    assert case.says in out.stderr, out.stderr
+    said = [line for line in out.stderr.splitlines() if case.says in line]
+    assert said, out.stderr
+    if case.line is not None:
+        assert said[0].endswith(f" (line {case.line})"), said
     assert "Traceback" not in out.stderr + out.stdout
     assert out.stdout == ""
 

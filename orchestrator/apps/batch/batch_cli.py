@@ -134,7 +134,7 @@ def batch_status(
         click.echo()
     if last is None:
         click.echo(
-            f"unknown batch id {batch_id!r}: no {batch_key(batch_id)} on {where(config)} "
+            f"unknown batch id {batch_id!r}: no {batch_key(batch_id)} in Redis {where(config)} "
             "(never submitted, or expired after batch.keep)",
             err=True,
         )
