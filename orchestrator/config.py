@@ -107,10 +107,12 @@ class RateLimit:
     text: str  # as written, for people
 
     UNITS = MappingProxyType({"s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0})
+    MAX_PER_S = 1_000_000.0
 
     @classmethod
     def parse(cls, text: str, burst: int | None) -> RateLimit | None:
-        """``N/s``, ``N/min`` or ``N/h`` (N > 0); None if it is not that."""
+        """``N/s``, ``N/min`` or ``N/h`` (N > 0, at most ``MAX_PER_S`` a
+        second); None if it is not that."""
         count, _, unit = text.replace(" ", "").partition("/")
         try:
             n = float(count)
@@ -119,6 +121,8 @@ class RateLimit:
         if unit not in cls.UNITS or not math.isfinite(n) or n <= 0:
             return None
         per_s = n / cls.UNITS[unit]
+        if per_s > cls.MAX_PER_S:
+            return None
         return cls(per_s, burst or max(1, math.ceil(per_s)), text)
 
 
@@ -472,7 +476,9 @@ def _parse_rate_limit(s: Section) -> RateLimit | None:
         return None
     limit = RateLimit.parse(text, burst) if isinstance(text, str) else None
     if limit is None:
-        s.error("rate_limit", f"must be like 120/min, 5/s or 1000/h, got {text!r}")
+        s.error(
+            "rate_limit", f"must be like 120/min, 5/s or 1000/h (at most 1000000/s), got {text!r}"
+        )
     return limit
 
 

@@ -117,6 +117,9 @@ CASES = {
         "queues.ai_slow.label: 'AI' is the label of 'ai_fast' too",
         4,
     ),
+    "rate past any bucket": Bad(
+        QUEUE + "    rate_limit: 1.0e+300/s\n", "queues.ai.rate_limit: must be like 120/min", 4
+    ),
     "host name with a slash": Bad(
         "spawner:\n  host: vm/1\n" + QUEUE, "spawner.host: must be 1-128 letters", 2
     ),
