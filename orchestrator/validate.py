@@ -8,7 +8,7 @@ unknown. ``Problems.raise_if_any`` turns the list into one ``ConfigError``.
 
 ``read_yaml`` parses a file the same way for everyone: UTF-8 only, duplicate
 keys refused at any level (both lines named), and the line of every key kept,
-so a problem says where it is (``queues.ai.cooldown (line 14): ...``).
+so a problem says where it is (``queues.ai.cooldown: must be >= 0, got -1 (line 14)``).
 """
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ def read_yaml(file: Path) -> tuple[Any, dict[str, int]]:
         key_lines: dict[str, int] = {}
         duplicates: list[str] = []
         if node is not None:
-            _key_lines(node, "", key_lines, duplicates)
+            _key_lines(node, "", key_lines, duplicates, set())
         if duplicates:
             raise ConfigError([f"{file}: {d}" for d in duplicates])
         return (loader.construct_document(node) if node is not None else None), key_lines
@@ -217,11 +217,15 @@ def read_yaml(file: Path) -> tuple[Any, dict[str, int]]:
         loader.dispose()
 
 
-def _key_lines(node: yaml.Node, path: str, lines: dict[str, int], duplicates: list[str]) -> None:
+def _key_lines(
+    node: yaml.Node, path: str, lines: dict[str, int], duplicates: list[str], walked: set[int]
+) -> None:
     """Record the line of each key under ``node``; a key given twice in one
-    mapping goes to ``duplicates`` (YAML would keep the last silently)."""
-    if not isinstance(node, yaml.MappingNode):
+    mapping goes to ``duplicates`` (YAML would keep the last silently). An
+    alias (``*name``) is walked once, where its anchor is."""
+    if not isinstance(node, yaml.MappingNode) or id(node) in walked:
         return
+    walked.add(id(node))
     seen: dict[str, int] = {}
     for key_node, value_node in node.value:
         if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
@@ -235,4 +239,4 @@ def _key_lines(node: yaml.Node, path: str, lines: dict[str, int], duplicates: li
         else:
             seen[key_node.value] = line
             lines[key_path] = line
-        _key_lines(value_node, key_path, lines, duplicates)
+        _key_lines(value_node, key_path, lines, duplicates, walked)

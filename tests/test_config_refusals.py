@@ -120,6 +120,9 @@ CASES = {
     "rate past any bucket": Bad(
         QUEUE + "    rate_limit: 1.0e+300/s\n", "queues.ai.rate_limit: must be like 120/min", 4
     ),
+    "a mapping that holds itself": Bad(
+        QUEUE + "database: &loop\n  timeout: 5\n  again: *loop\n", "database.again: unknown key", 6
+    ),
     "host name with a slash": Bad(
         "spawner:\n  host: vm/1\n" + QUEUE, "spawner.host: must be 1-128 letters", 2
     ),
