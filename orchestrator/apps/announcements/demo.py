@@ -85,7 +85,7 @@ class DemoError(Exception):
     """The demo cannot go on; the message says why."""
 
 
-def run_demo(config_path: str) -> int:
+def run_demo(config_path: str | None) -> int:
     """The demo pipeline end to end; the exit code (see the module docstring)."""
     started = time.monotonic()
     try:
@@ -98,7 +98,7 @@ def run_demo(config_path: str) -> int:
             say(line)
         return EXIT_USAGE
     if FIRST_QUEUE not in config.queues:
-        say(f"{config_path}: the demo needs the queue {FIRST_QUEUE!r}")
+        say(f"{config.path}: the demo needs the queue {FIRST_QUEUE!r}")
         return EXIT_USAGE
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:

@@ -11,7 +11,7 @@ from orchestrator.cli import config_option
 
 @click.command()
 @config_option
-def demo(config_path: str) -> None:
+def demo(config_path: str | None) -> None:
     """The demo pipeline end to end (what 'make run' runs)."""
     from orchestrator.apps.announcements.demo import run_demo
 
