@@ -110,7 +110,9 @@ def section_parsers() -> dict[str, SectionParser]:
 
 
 def status_figures() -> list[StatusFigures]:
-    return [figures for app in apps() for figures in app.status]
+    """The figures of every app that is installed whole (one missing its
+    extra runs no workers, so it has none, and cannot import their readers)."""
+    return [figures for app in apps() if not missing(app) for figures in app.status]
 
 
 def install_hint(extra: str) -> str:

@@ -8,7 +8,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +43,14 @@ class SpawnerProc:
         name: str = "spawner",
         log: Mapping[str, Any] | None = None,
         shipped_defaults: bool = False,
+        command: Sequence[str] = (sys.executable, "-m", "orchestrator"),
+        cwd: Path = ROOT,
     ) -> None:
         """``shipped_defaults``: the spawner keys a user gets (only ``host``
-        and what ``spawner`` names are set); else the harness' quicker ones."""
+        and what ``spawner`` names are set); else the harness' quicker ones.
+        ``command``: the orchestrator to run (an installed one's script),
+        from ``cwd``."""
+        self.command, self.cwd = list(command), cwd
         self.dir = tmp / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.out = self.dir / "out"
@@ -73,8 +78,8 @@ class SpawnerProc:
     def start(self) -> SpawnerProc:
         self.log_file = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator", "run", "-c", str(self.config_path)],
-            cwd=ROOT,
+            [*self.command, "run", "-c", str(self.config_path)],
+            cwd=self.cwd,
             env=self.env,
             stdout=self.log_file,
             stderr=subprocess.STDOUT,
