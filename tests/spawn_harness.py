@@ -43,14 +43,12 @@ class SpawnerProc:
         name: str = "spawner",
         log: Mapping[str, Any] | None = None,
         shipped_defaults: bool = False,
-        command: Sequence[str] = (sys.executable, "-m", "orchestrator"),
-        cwd: Path = ROOT,
     ) -> None:
         """``shipped_defaults``: the spawner keys a user gets (only ``host``
-        and what ``spawner`` names are set); else the harness' quicker ones.
-        ``command``: the orchestrator to run (an installed one's script),
-        from ``cwd``."""
-        self.command, self.cwd = list(command), cwd
+        and what ``spawner`` names are set); else the harness' quicker ones."""
+        # The orchestrator it runs (an installed one's script), and from where.
+        self.command: Sequence[str] = (sys.executable, "-m", "orchestrator")
+        self.cwd = ROOT
         self.dir = tmp / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.out = self.dir / "out"
@@ -75,7 +73,8 @@ class SpawnerProc:
         self.config = dict(config)
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
 
-    def start(self) -> SpawnerProc:
+    def start(self, ready: str | None = "Spawner on") -> SpawnerProc:
+        """Start it; wait for the log line ``ready`` (None: a level above INFO hides it)."""
         self.log_file = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [*self.command, "run", "-c", str(self.config_path)],
@@ -85,7 +84,8 @@ class SpawnerProc:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: see kill_everything
         )
-        self.wait_log("Spawner on")
+        if ready is not None:
+            self.wait_log(ready)
         return self
 
     @property

@@ -101,9 +101,7 @@ def core(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_wheel_carries_every_file_a_run_needs(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     wanted = [str(p.relative_to(ROOT)) for g in PACKAGE_DATA + DASHBOARD for p in ROOT.glob(g)]
-    shipped = [
-        f"orchestrator/shipped_files/{p.relative_to(ROOT)}" for g in SHIPPED for p in ROOT.glob(g)
-    ]
+    shipped = [f"{SHIPPED_IN}/{p.relative_to(ROOT)}" for g in SHIPPED for p in ROOT.glob(g)]
     assert len(wanted) >= 10 and len(shipped) >= 10
     assert not [n for n in wanted + shipped if n not in names]
 
@@ -121,14 +119,12 @@ def test_core_install_runs_every_command_from_outside_the_repo(
     )
     assert where.stdout.startswith(str(core.parent / "lib"))
     version = orch(core, tmp_path, "--version")
-    assert (
-        version.stdout.strip() == f"orchestrator, version {metadata.version('redis-orchestrator')}"
-    )
+    expected = metadata.version("redis-orchestrator")
+    assert version.stdout.strip() == f"orchestrator, version {expected}"
     shutil.copy(WORKERS / "job_worker.py", tmp_path / "job_worker.py")
     queues = {"jobs": {"label": "JOBS", "script": str(tmp_path / "job_worker.py")}}
-    sp = SpawnerProc(
-        tmp_path, redis_url, queues, command=[str(core / "orchestrator")], cwd=tmp_path
-    )
+    sp = SpawnerProc(tmp_path, redis_url, queues)
+    sp.command, sp.cwd = [str(core / "orchestrator")], tmp_path
     config = str(sp.config_path)
     checked = orch(core, tmp_path, "check", "-c", config)
     assert checked.returncode == 0 and "JOBS" in checked.stdout, checked.stderr
