@@ -12,6 +12,7 @@ as ``ORCH_LOG_*``, see ``orchestrator.worker.workerenv``).
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sys
@@ -48,6 +49,8 @@ def setup_logging(config: LogConfig, stream: TextIO | None = None) -> None:
     configured format: loguru's, the standard library's (RQ's, the
     libraries'), warnings, and uncaught exceptions with their tracebacks."""
     out = stream or sys.stderr
+    if isinstance(out, _LinesToLog):  # set up again in a process whose output is captured
+        out = out.original
     logger.remove()
     if config.format is LogFormat.JSON:
         logger.add(_json_sink(out), level=config.level, format="{message}")
@@ -64,6 +67,47 @@ def setup_logging(config: LogConfig, stream: TextIO | None = None) -> None:
     logging.captureWarnings(True)
     sys.excepthook = log_uncaught
     threading.excepthook = _log_uncaught_in_thread
+
+
+def capture_output() -> None:
+    """``print`` and other writes to stdout and stderr become log lines (a
+    JSON-logging worker's handler printing): INFO and WARNING, each line
+    one, with ``stream`` saying which."""
+    if not isinstance(sys.stdout, _LinesToLog):
+        sys.stdout = _LinesToLog(sys.stdout, "stdout", "INFO")
+    if not isinstance(sys.stderr, _LinesToLog):
+        sys.stderr = _LinesToLog(sys.stderr, "stderr", "WARNING")
+
+
+class _LinesToLog(io.TextIOBase):
+    def __init__(self, original: TextIO, name: str, level: str) -> None:
+        self.original, self.stream, self.level = original, name, level
+        self.pending = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:  # a child process given this stream inherits the real one
+        return self.original.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    def write(self, text: str) -> int:
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            self._log(line)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.pending:
+            self._log(self.pending)
+            self.pending = ""
+
+    def _log(self, line: str) -> None:
+        if line.strip():
+            logger.bind(stream=self.stream).log(self.level, line.rstrip())
 
 
 def log_uncaught(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:

@@ -81,6 +81,7 @@ def test_json_log_is_one_object_per_line_tracebacks_included(
     rq_lines = [o for o in lines if str(o.get("logger", "")).startswith("rq.")]
     assert [o for o in rq_lines if "rq-bad not allowed yet" in json.dumps(o)]  # its traceback
     assert [o for o in lines if o["message"] == "info-marker l1" and o["level"] == "INFO"]
+    assert [o for o in lines if o["message"] == "print-marker l1" and o["stream"] == "stdout"]
     retried = [o for o in lines if "failed (attempt 1/3), will retry" in o["message"]]
     assert retried and retried[0]["level"] == "WARNING"  # the runtime's own lines
     assert retried[0]["queue"] == "jobs" and retried[0]["worker_id"].startswith("jobs_")

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, NoReturn
 from loguru import logger
 
 from orchestrator import procs
-from orchestrator.logs import LogConfig, log_uncaught, setup_logging
+from orchestrator.logs import LogConfig, LogFormat, capture_output, log_uncaught, setup_logging
 from orchestrator.worker.acks import mark_done
 from orchestrator.worker.heartbeat import Heartbeat
 from orchestrator.worker.jobs import (
@@ -101,6 +101,8 @@ def configure_logging(config: LogConfig | None = None) -> None:
     wanted = config or log_config(os.environ)
     if wanted != _logging_configured:
         setup_logging(wanted)
+        if wanted.format is LogFormat.JSON:
+            capture_output()  # a handler's print() is a JSON line too
         _logging_configured = wanted
 
 

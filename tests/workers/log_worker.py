@@ -1,4 +1,4 @@
-"""Test worker: logs one INFO and one WARNING line per job (``id``), then succeeds."""
+"""Test worker: logs one INFO and one WARNING line per job (``id``), prints one, then succeeds."""
 
 from typing import Any
 
@@ -10,6 +10,7 @@ from orchestrator.worker import run_worker
 def handle(job: dict[str, Any]) -> None:
     logger.info(f"info-marker {job.get('id')}")
     logger.warning(f"warning-marker {job.get('id')}")
+    print(f"print-marker {job.get('id')}")
 
 
 run_worker(handle)
