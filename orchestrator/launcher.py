@@ -19,7 +19,7 @@ import psutil
 
 from orchestrator import procs, zygote
 from orchestrator.config import QueueConfig
-from orchestrator.logs import Events, LogConfig
+from orchestrator.logs import Events, LogConfig, LogFormat
 
 
 class Launcher:
@@ -62,6 +62,8 @@ class Launcher:
             except zygote.ZygoteError as exc:
                 self.events.warning("zygote", "⚠️", f"Fork server failed for {label} ({exc})")
                 self.restart_zygote()
+        if self.log.format is LogFormat.JSON and zygote.is_script(argv):
+            argv = tuple(zygote.exec_argv(argv))  # its tracebacks at import are JSON too
         started: list[tuple[int, subprocess.Popen[bytes] | None] | OSError] = []
         for env in envs:
             try:

@@ -189,8 +189,25 @@ _STARTUP_ONLY = frozenset(
 def eligible(argv: Sequence[str], queue_env: Mapping[str, str]) -> bool:
     """A ``script`` worker (our interpreter on a Python file) whose queue
     sets no interpreter start-up variable; anything else is exec'd."""
-    script = len(argv) >= 2 and argv[0] == sys.executable and argv[1].endswith(".py")
-    return script and not (_STARTUP_ONLY & set(queue_env))
+    return is_script(argv) and not (_STARTUP_ONLY & set(queue_env))
+
+
+def is_script(argv: Sequence[str]) -> bool:
+    return len(argv) >= 2 and argv[0] == sys.executable and argv[1].endswith(".py")
+
+
+def exec_argv(argv: Sequence[str]) -> list[str]:
+    """A ``script`` worker's argv when it is exec'd, not forked: run by this
+    module as a forked one is (``run_script``: its title, its log set up
+    before its first line, so even a traceback at import is one JSON line)."""
+    return [sys.executable, "-m", "orchestrator.zygote", "--script", *argv[1:]]
+
+
+def run_script(argv: Sequence[str]) -> NoReturn:
+    """``python -m orchestrator.zygote --script script.py [args]``: as the
+    fork server's worker runs it, in this fresh interpreter."""
+    job = {"argv": [sys.executable, *argv], "env": dict(os.environ), "cwd": os.getcwd()}
+    _become_worker({**job, "parent": os.getppid()}, reparented=False)
 
 
 # -- the zygote process ------------------------------------------------------
@@ -517,4 +534,6 @@ def _await_parent(parent: int, reparented: bool) -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "--script":
+        run_script(sys.argv[2:])
     sys.exit(serve(int(sys.argv[1]), sys.argv[3:], warm_url=sys.argv[2]))

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import psutil
+import pytest
 import redis
 from rq import Queue
 from rq.registry import FailedJobRegistry
@@ -28,8 +29,16 @@ def pipeline(**log: Any) -> dict[str, Any]:
     }
 
 
-def start(redis_url: str, spawner_factory: Any, log: dict[str, Any]) -> tuple[Any, Queue]:
-    sp = spawner_factory(redis_url, pipeline(), env={"PYTHONPATH": str(ROOT)}, log=log)
+def start(
+    redis_url: str, spawner_factory: Any, log: dict[str, Any], fork_server: bool = True
+) -> tuple[Any, Queue]:
+    sp = spawner_factory(
+        redis_url,
+        pipeline(),
+        env={"PYTHONPATH": str(ROOT)},
+        log=log,
+        spawner={"fork_server": fork_server},
+    )
     sp.start(ready=None if log.get("level") == "WARNING" else "Spawner on")
     client = redis.Redis.from_url(redis_url)
     return sp, Queue("reports", connection=client, serializer=JSONSerializer)
@@ -54,10 +63,11 @@ def objects(text: str) -> list[dict[str, Any]]:
     return parsed
 
 
+@pytest.mark.parametrize("fork_server", [True, False], ids=["forked", "execd"])
 def test_json_log_is_one_object_per_line_tracebacks_included(
-    redis_url: str, r: TextRedis, spawner_factory: Any
+    redis_url: str, r: TextRedis, spawner_factory: Any, fork_server: bool
 ) -> None:
-    sp, rq = start(redis_url, spawner_factory, {"format": "json"})
+    sp, rq = start(redis_url, spawner_factory, {"format": "json"}, fork_server)
     enqueue(r, "jobs", {"id": "fine"})
     enqueue(r, "jobs", {"id": "bad", "action": "raise"})
     enqueue(r, "logs", {"id": "l1"})
