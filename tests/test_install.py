@@ -25,7 +25,7 @@ from tests.helpers import TextRedis, wait_until
 from tests.spawn_harness import ROOT, WORKERS, SpawnerProc
 from tests.test_demo import assert_table, run_demo
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # pip at a loaded moment
 
 INSTALL_TIMEOUT_S = 300.0
 # The files besides modules that a run needs, as the repo holds them and
