@@ -19,6 +19,7 @@ import redis
 from orchestrator import codec, control, deadletters, plugins, status
 from orchestrator.config import (
     EMBEDDED,
+    SEARCH_PATH,
     Backend,
     Config,
     ConfigError,
@@ -47,15 +48,15 @@ def config_option(func: F) -> F:
         "-c",
         "--config",
         "config_path",
-        default="config/workers.yaml",
-        show_default=True,
-        envvar="ORCH_CONFIG",
+        default=None,
         type=click.Path(dir_okay=False),
-        help="The config file (env: ORCH_CONFIG).",
+        help="The config file. Default: $ORCH_CONFIG, else the first of "
+        + ", ".join(map(str, SEARCH_PATH))
+        + " that exists.",
     )(func)
 
 
-def load(config_path: str) -> Config:
+def load(config_path: str | None) -> Config:
     try:
         return load_config(config_path)
     except ConfigError as exc:
@@ -140,7 +141,7 @@ def cli() -> None:
 
 @cli.command()
 @config_option
-def run(config_path: str) -> None:
+def run(config_path: str | None) -> None:
     """Run the spawner and reaper in the foreground until SIGTERM/SIGINT."""
     from orchestrator.embedded import EmbeddedRedis
     from orchestrator.spawner import main_loop
@@ -155,19 +156,20 @@ def run(config_path: str) -> None:
 
 @cli.command()
 @config_option
-def check(config_path: str) -> None:
+def check(config_path: str | None) -> None:
     """Validate the config and print it resolved with its defaults."""
     import yaml
 
     config = load(config_path)
     plain = json.loads(json.dumps(describe(config), default=str))
+    click.echo(f"{config.path}: valid; relative paths are from {config.root}", err=True)
     click.echo(yaml.safe_dump(plain, sort_keys=False, allow_unicode=True), nl=False)
 
 
 @cli.command(name="status")
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def status_command(config_path: str, as_json: bool) -> None:
+def status_command(config_path: str | None, as_json: bool) -> None:
     """Per queue: workers, backlog, pending, oldest entry, dead letters."""
     config = load(config_path)
     client = client_for(config)
@@ -184,7 +186,10 @@ def status_command(config_path: str, as_json: bool) -> None:
             for row in rows:
                 click.echo(f"  {shown.line(row)}")
     if not hosts:
-        click.echo("No spawner is alive: no host heartbeat in Redis (orch:hosts).", err=True)
+        click.echo(
+            f"No spawner is alive on {where(config)}: no host heartbeat in Redis (orch:hosts).",
+            err=True,
+        )
         sys.exit(EXIT_FAILURE)
 
 
@@ -192,7 +197,7 @@ def status_command(config_path: str, as_json: bool) -> None:
 @config_option
 @click.argument("queue")
 @click.argument("job", required=False, default="-")
-def enqueue(config_path: str, queue: str, job: str) -> None:
+def enqueue(config_path: str | None, queue: str, job: str) -> None:
     """Add jobs: one JSON object, or JSON lines from stdin ('-')."""
     from orchestrator.producer import Producer, ReplicationTimeout
 
@@ -218,26 +223,28 @@ def enqueue(config_path: str, queue: str, job: str) -> None:
         except ReplicationTimeout as exc:
             raise Failure(str(exc)) from None
     click.echo(
-        f"enqueued {len(ids)} job(s) on {q.stream}" + (f": {ids[0]}" if len(ids) == 1 else "")
+        f"enqueued {len(ids)} job(s) on {q.stream} of {where(config)}"
+        + (f": {ids[0]}" if len(ids) == 1 else "")
     )
 
 
 @cli.command()
 @config_option
-def streams(config_path: str) -> None:
+def streams(config_path: str | None) -> None:
     """Consumer-group health: pending per consumer, idle, lag, dead consumers."""
     from orchestrator.streamhealth import inspect_all
 
     config = load(config_path)
     with redis_errors():
         report = inspect_all(client_for(config), config)
+    click.echo(f"Redis {where(config)}")
     click.echo(report.render())
 
 
 @cli.command()
 @config_option
 @click.option("--dry-run", is_flag=True, help="Report what would be recovered; change nothing.")
-def reap(config_path: str, dry_run: bool) -> None:
+def reap(config_path: str | None, dry_run: bool) -> None:
     """Recover entries held by dead consumers, then remove those consumers."""
     from orchestrator.streamhealth import reap_once
 
@@ -252,13 +259,13 @@ def reap(config_path: str, dry_run: bool) -> None:
             "to dead letters"
         )
     if not results:
-        click.echo("no dead consumers")
+        click.echo(f"no dead consumers on {where(config)}")
 
 
 @cli.command()
 @config_option
 @click.argument("queue")
-def pause(config_path: str, queue: str) -> None:
+def pause(config_path: str | None, queue: str) -> None:
     """No new workers for QUEUE on any host; live ones finish their job. Entries stay."""
     config, q = _queue_control(config_path, queue)
     with redis_errors():
@@ -269,7 +276,7 @@ def pause(config_path: str, queue: str) -> None:
 @cli.command()
 @config_option
 @click.argument("queue")
-def resume(config_path: str, queue: str) -> None:
+def resume(config_path: str | None, queue: str) -> None:
     """Undo pause or drain: QUEUE's workers start again."""
     config, q = _queue_control(config_path, queue)
     with redis_errors():
@@ -282,7 +289,7 @@ def resume(config_path: str, queue: str) -> None:
 @click.argument("queue")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Report when drained.")
 @click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(min=0))
-def drain(config_path: str, queue: str, wait: bool, timeout: float) -> None:
+def drain(config_path: str | None, queue: str, wait: bool, timeout: float) -> None:
     """Finish what QUEUE's workers hold, start nothing new, report when empty.
 
     Exit 1 if it is not drained within --timeout (it goes on draining).
@@ -308,7 +315,7 @@ def drain(config_path: str, queue: str, wait: bool, timeout: float) -> None:
 @click.argument("queue")
 @click.argument("workers", required=False, type=click.IntRange(min=0))
 @click.option("--reset", is_flag=True, help="Back to the config's max_concurrent.")
-def scale(config_path: str, queue: str, workers: int | None, reset: bool) -> None:
+def scale(config_path: str | None, queue: str, workers: int | None, reset: bool) -> None:
     """Override QUEUE's max_concurrent on every host (WORKERS), or --reset it."""
     if (workers is None) == (not reset):
         raise click.UsageError("give WORKERS or --reset (not both)")
@@ -319,14 +326,14 @@ def scale(config_path: str, queue: str, workers: int | None, reset: bool) -> Non
     click.echo(f"{q.name} scaled to {shown} on every host of {where(config)}")
 
 
-def _queue_control(config_path: str, queue: str) -> tuple[Config, QueueConfig]:
+def _queue_control(config_path: str | None, queue: str) -> tuple[Config, QueueConfig]:
     config = load(config_path)
     return config, queue_of(config, queue)
 
 
 def where(config: Config) -> str:
-    """The Redis a command talks to, password redacted."""
-    return redact_url(config.redis_url)
+    """The Redis a command talks to, password redacted, and the host it is for."""
+    return f"{redact_url(config.redis_url)} (host {config.spawner.host})"
 
 
 @cli.group()
@@ -338,7 +345,7 @@ def dlq() -> None:
 @config_option
 @click.argument("queue")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1))
-def dlq_list(config_path: str, queue: str, limit: int) -> None:
+def dlq_list(config_path: str | None, queue: str, limit: int) -> None:
     """Show a queue's dead letters with their errors."""
     config = load(config_path)
     q = queue_of(config, queue)
@@ -360,7 +367,7 @@ def dlq_list(config_path: str, queue: str, limit: int) -> None:
 @config_option
 @click.argument("queue")
 @click.argument("ids", nargs=-1)
-def dlq_retry(config_path: str, queue: str, ids: tuple[str, ...]) -> None:
+def dlq_retry(config_path: str | None, queue: str, ids: tuple[str, ...]) -> None:
     """Put dead letters (all, or the IDS given) back on the queue."""
     config = load(config_path)
     q = queue_of(config, queue)
@@ -374,7 +381,7 @@ def dlq_retry(config_path: str, queue: str, ids: tuple[str, ...]) -> None:
 @click.argument("queue")
 @click.argument("ids", nargs=-1)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def dlq_purge(config_path: str, queue: str, ids: tuple[str, ...], yes: bool) -> None:
+def dlq_purge(config_path: str | None, queue: str, ids: tuple[str, ...], yes: bool) -> None:
     """Delete dead letters (all, or the IDS given)."""
     config = load(config_path)
     q = queue_of(config, queue)
@@ -383,7 +390,7 @@ def dlq_purge(config_path: str, queue: str, ids: tuple[str, ...], yes: bool) -> 
         sys.exit(EXIT_FAILURE)
     with redis_errors(), unknown_ids():
         n = deadletters.purge_dead(client_for(config), q, list(ids) or None)
-    click.echo(f"deleted {n} dead letter(s)")
+    click.echo(f"deleted {n} dead letter(s) of {deadletters.where(q)} on {where(config)}")
 
 
 @cli.command()
@@ -396,7 +403,7 @@ def dlq_purge(config_path: str, queue: str, ids: tuple[str, ...], yes: bool) -> 
     help="Allow retrying and purging dead letters from the page, with the token "
     "(ORCH_DASHBOARD_TOKEN, else one is made and printed).",
 )
-def dashboard(config_path: str, host: str, port: int, allow_actions: bool) -> None:
+def dashboard(config_path: str | None, host: str, port: int, allow_actions: bool) -> None:
     """Serve the live page of every host on the Redis (read-only by default)."""
     import os
     import secrets

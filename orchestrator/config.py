@@ -1,6 +1,8 @@
 """The config file, ``config/workers.yaml``, as frozen dataclasses.
 
-``load_config(path)`` is the one way in: it parses YAML, applies defaults,
+``load_config(path)`` is the one way in (no path: ``find_config()``, which
+tries ``$ORCH_CONFIG`` then ``SEARCH_PATH``): it parses YAML
+(``validate.read_yaml``: UTF-8, no duplicate keys), applies defaults,
 converts units once (durations are seconds, as floats named ``*_s``), checks
 types and ranges, rejects unknown keys, and raises ``ConfigError`` listing
 every problem with its key path. Nothing here reads the environment at import
@@ -12,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
 import socket
 import sys
 from collections.abc import Callable, Mapping
@@ -21,14 +24,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import yaml
-
 from orchestrator import plugins
 from orchestrator.connections import SENTINEL_SCHEME, URL_SCHEMES, SentinelAddress, redact_url
 from orchestrator.logs import LogConfig, LogFormat
-from orchestrator.validate import ConfigError, Problems, Section
+from orchestrator.validate import YEAR_S, ConfigError, Problems, Section, read_yaml
 
-DEFAULT_CONFIG_PATH = Path("config/workers.yaml")
 RQ_WORKER_ARGV = (sys.executable, "-m", "orchestrator.rq_backend")  # an rq queue's default
 REDIS_URL_ENV = "ORCH_REDIS_URL"
 EMBEDDED = "embedded"
@@ -42,6 +42,7 @@ __all__ = [
     "QueueConfig",
     "SpawnerConfig",
     "describe",
+    "find_config",
     "load_config",
     "parse_config",
 ]
@@ -106,10 +107,12 @@ class RateLimit:
     text: str  # as written, for people
 
     UNITS = MappingProxyType({"s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0})
+    MAX_PER_S = 1_000_000.0
 
     @classmethod
     def parse(cls, text: str, burst: int | None) -> RateLimit | None:
-        """``N/s``, ``N/min`` or ``N/h`` (N > 0); None if it is not that."""
+        """``N/s``, ``N/min`` or ``N/h`` (N > 0, at most ``MAX_PER_S`` a
+        second); None if it is not that."""
         count, _, unit = text.replace(" ", "").partition("/")
         try:
             n = float(count)
@@ -118,6 +121,8 @@ class RateLimit:
         if unit not in cls.UNITS or not math.isfinite(n) or n <= 0:
             return None
         per_s = n / cls.UNITS[unit]
+        if per_s > cls.MAX_PER_S:
+            return None
         return cls(per_s, burst or max(1, math.ceil(per_s)), text)
 
 
@@ -171,9 +176,9 @@ def describe(config: Config) -> dict[str, Any]:
         entry["rate_limit"] = q.rate_limit.text if q.rate_limit else None
         entry["rate_burst"] = q.rate_limit.burst if q.rate_limit else None
         queues[name] = entry
-    return {
+    resolved = {
         "redis": {
-            "url": redact_url(config.redis_url),
+            "url": config.redis_url,
             "wait_replicas": config.wait_replicas,
             "wait_timeout": config.wait_timeout_s,
         },
@@ -182,6 +187,25 @@ def describe(config: Config) -> dict[str, Any]:
         "queues": queues,
         **{name: _section_dict(value) for name, value in config.sections.items()},
     }
+    redacted: dict[str, Any] = _redacted(resolved)
+    return redacted
+
+
+SECRET_KEY = re.compile(r"password|passwd|secret|token", re.IGNORECASE)
+
+
+def _redacted(value: Any, key: str = "") -> Any:
+    """Secrets out, as the log shows them: passwords of URLs (``redact_url``)
+    and the values of keys named like a password, secret or token."""
+    if isinstance(value, dict):
+        return {k: _redacted(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v, key) for v in value]
+    if isinstance(value, str) and value and SECRET_KEY.search(key):
+        return "***"
+    if isinstance(value, str) and "://" in value:
+        return redact_url(value)
+    return value
 
 
 def _section_dict(value: Any) -> Any:
@@ -207,21 +231,44 @@ def _section_dict(value: Any) -> Any:
     return value
 
 
+# Where ``load_config()`` looks when neither ``-c`` nor ``ORCH_CONFIG`` names the file.
+CONFIG_ENV = "ORCH_CONFIG"
+SEARCH_PATH = (
+    Path("config/workers.yaml"),
+    Path("workers.yaml"),
+    Path("~/.config/orchestrator/workers.yaml"),
+    Path("/etc/orchestrator/workers.yaml"),
+)
+
+
+def find_config(env: Mapping[str, str] | None = None) -> Path:
+    """``$ORCH_CONFIG`` if set, else the first file of ``SEARCH_PATH`` that exists."""
+    env = os.environ if env is None else env
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV])
+    candidates = [p.expanduser() for p in SEARCH_PATH]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    looked = ", ".join(str(p.absolute()) for p in candidates)
+    raise ConfigError([f"no config file: give -c FILE or set {CONFIG_ENV}; looked for {looked}"])
+
+
+def base_directory(file: Path) -> Path:
+    """What relative paths of a config file are relative to, and where its
+    workers run: the file's folder, or its parent when that folder is named
+    ``config`` (the repository layout: ``config/workers.yaml`` -> the repo)."""
+    folder = file.resolve().parent
+    return folder.parent if folder.name == "config" else folder
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
-    """Read, validate and resolve the config file at ``path``."""
-    file = Path(path) if path is not None else DEFAULT_CONFIG_PATH
-    try:
-        text = file.read_text()
-    except OSError as exc:
-        raise ConfigError([f"{file}: cannot read: {exc.strerror or exc}"]) from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{file}: invalid YAML: {exc}"]) from exc
-    root = file.resolve().parent
-    if root.name == "config":
-        root = root.parent
-    return parse_config(data, path=file.resolve(), root=root, env=os.environ)
+    """Read, validate and resolve the config file at ``path`` (else ``find_config()``)."""
+    file = Path(path) if path is not None else find_config()
+    data, key_lines = read_yaml(file)
+    return parse_config(
+        data, path=file.resolve(), root=base_directory(file), env=os.environ, key_lines=key_lines
+    )
 
 
 def parse_config(
@@ -229,16 +276,17 @@ def parse_config(
     path: Path | None = None,
     root: Path | None = None,
     env: Mapping[str, str] | None = None,
+    key_lines: Mapping[str, int] | None = None,
 ) -> Config:
     """Validate an already-parsed mapping; see ``load_config``."""
-    problems = Problems()
+    problems = Problems(key_lines=key_lines or {})
     top = Section(data, "", problems)
     env = env or {}
     root = root or Path.cwd()
 
     redis_section = top.child("redis")
     redis_url = redis_section.string("url", "redis://127.0.0.1:6379/0")
-    if REDIS_URL_ENV not in env:
+    if not env.get(REDIS_URL_ENV):
         _check_redis_url(redis_url, lambda m: redis_section.error("url", m))
     wait_replicas = redis_section.integer("wait_replicas", 0, min=0, max=64)
     wait_timeout_s = redis_section.number("wait_timeout", 1.0, min=0.001, max=60)
@@ -284,19 +332,21 @@ def _parse_spawner(s: Section) -> SpawnerConfig:
     max_total = s.raw("max_total_workers", "auto")
     if max_total == "auto":
         max_total = 4 * (os.cpu_count() or 1)
-    elif not isinstance(max_total, int) or isinstance(max_total, bool) or max_total < 1:
-        s.error("max_total_workers", f"must be 'auto' or an integer >= 1, got {max_total!r}")
+    elif (
+        not isinstance(max_total, int) or isinstance(max_total, bool) or not 1 <= max_total <= 10**5
+    ):
+        s.error("max_total_workers", f"must be 'auto' or an integer 1-100000, got {max_total!r}")
         max_total = 4 * (os.cpu_count() or 1)
     cfg = SpawnerConfig(
         poll_interval_s=s.number("poll_interval", d.poll_interval_s, min=0.01, max=60),
-        status_interval_s=s.number("status_interval", d.status_interval_s, min=0.1),
+        status_interval_s=s.number("status_interval", d.status_interval_s, min=0.1, max=86400),
         max_total_workers=max_total,
         max_memory_percent=s.number("max_memory_percent", d.max_memory_percent, min=1, max=100),
         stop_grace_s=s.number("stop_grace", d.stop_grace_s, min=0, max=3600),
         host=_parse_host(s),
-        heartbeat_ttl_s=s.number("heartbeat_ttl", d.heartbeat_ttl_s, min=1),
-        crash_window_s=s.number("crash_window", d.crash_window_s, min=0),
-        crash_backoff_max_s=s.number("crash_backoff_max", d.crash_backoff_max_s, min=1),
+        heartbeat_ttl_s=s.number("heartbeat_ttl", d.heartbeat_ttl_s, min=1, max=86400),
+        crash_window_s=s.number("crash_window", d.crash_window_s, min=0, max=86400),
+        crash_backoff_max_s=s.number("crash_backoff_max", d.crash_backoff_max_s, min=1, max=86400),
         fork_server=s.boolean("fork_server", d.fork_server),
         preload=s.string_list("preload", d.preload),
         **_parse_telemetry(s),
@@ -391,15 +441,17 @@ def _parse_queue(name: str, s: Section, root: Path) -> QueueConfig | None:
         stream=s.string("stream", name),
         group=s.string("group", d.group),
         max_concurrent=s.integer("max_concurrent", d.max_concurrent, min=1, max=10_000),
-        cooldown_s=s.number("cooldown", d.cooldown_s, min=0),
-        max_runtime_s=s.number("max_runtime", d.max_runtime_s, min=0.1),
-        jobs_per_worker=s.integer("jobs_per_worker", d.jobs_per_worker, min=1),
-        idle_timeout_s=s.number("idle_timeout", d.idle_timeout_s, min=0),
-        max_attempts=s.integer("max_attempts", d.max_attempts, min=1),
+        cooldown_s=s.number("cooldown", d.cooldown_s, min=0, max=86400),
+        max_runtime_s=s.number("max_runtime", d.max_runtime_s, min=0.1, max=YEAR_S),
+        jobs_per_worker=s.integer("jobs_per_worker", d.jobs_per_worker, min=1, max=1_000_000),
+        idle_timeout_s=s.number("idle_timeout", d.idle_timeout_s, min=0, max=YEAR_S),
+        max_attempts=s.integer("max_attempts", d.max_attempts, min=1, max=1000),
         then=s.string("then", None) if s.raw("then") is not None else None,
         batch_size=s.integer("batch_size", d.batch_size, min=1, max=100_000),
         max_memory_mb=(
-            s.integer("max_memory_mb", None, min=1) if s.raw("max_memory_mb") is not None else None
+            s.integer("max_memory_mb", None, min=1, max=1 << 24)
+            if s.raw("max_memory_mb") is not None
+            else None
         ),
         serializer=s.string("serializer", d.serializer, choices=["json", "pickle"]),
         env=dict(env),
@@ -424,7 +476,9 @@ def _parse_rate_limit(s: Section) -> RateLimit | None:
         return None
     limit = RateLimit.parse(text, burst) if isinstance(text, str) else None
     if limit is None:
-        s.error("rate_limit", f"must be like 120/min, 5/s or 1000/h, got {text!r}")
+        s.error(
+            "rate_limit", f"must be like 120/min, 5/s or 1000/h (at most 1000000/s), got {text!r}"
+        )
     return limit
 
 
@@ -438,11 +492,29 @@ def _parse_program(s: Section, root: Path) -> tuple[str, ...]:
         return ()
     if has_script:
         script = s.string("script")
-        return (sys.executable, str(root / script)) if isinstance(script, str) else ()
+        if not isinstance(script, str):
+            return ()
+        if not (root / script).is_file():
+            s.error("script", f"no such file: {root / script} (relative paths are from {root})")
+        return (sys.executable, str(root / script))
     command = s.string_list("command")
-    if isinstance(command, tuple) and not command:
+    if not isinstance(command, tuple):
+        return ()
+    if not command:
         s.error("command", "must not be empty")
-    return command if isinstance(command, tuple) else ()
+    elif _program(command[0], root, s.raw("env", {})) is None:
+        s.error("command", f"{command[0]!r} is not an executable file (nor found on PATH)")
+    return command
+
+
+def _program(name: str, root: Path, env: object) -> str | None:
+    """Where a command's program is: a path (from ``root``, the workers'
+    directory) or a name on the workers' PATH; None if not executable."""
+    if "/" in name:
+        path = root / name
+        return str(path) if path.is_file() and os.access(path, os.X_OK) else None
+    search = env.get("PATH") if isinstance(env, Mapping) else None
+    return shutil.which(name, path=search if isinstance(search, str) else None)
 
 
 def _parse_sections(top: Section) -> dict[str, Any]:
@@ -458,7 +530,15 @@ def _parse_sections(top: Section) -> dict[str, Any]:
 
 def _check_links(queues: Mapping[str, QueueConfig], problems: Problems) -> None:
     streams: dict[str, str] = {}
+    labels: dict[str, str] = {}
     for name, queue in queues.items():
+        other = labels.setdefault(queue.label, name)
+        if other != name:
+            problems.add(
+                f"queues.{name}.label",
+                f"{queue.label!r} is the label of {other!r} too (a label defaults to the "
+                "name's first word in capitals); give each queue its own",
+            )
         if queue.then is not None and queue.then not in queues:
             problems.add(f"queues.{name}.then", f"names unknown queue {queue.then!r}")
         elif queue.then is not None and queues[queue.then].backend is not Backend.STREAM:

@@ -59,18 +59,18 @@ def test_every_problem_is_named_with_its_path() -> None:
         {
             "spawner": {"poll_interval": "fast", "max_total_workers": 0, "stop_grace": -1},
             "queues": {
-                "ai": {"script": "x.py", "max_concurrent": 0, "bogus": 1, "then": "nowhere"},
+                "ai": {"script": __file__, "max_concurrent": 0, "bogus": 1, "then": "nowhere"},
                 "up": {"command": "not-a-list"},
                 "none": {},
                 "both": {"script": "a", "command": ["b"]},
-                "kind": {"script": "a", "backend": "kafka"},
+                "kind": {"script": __file__, "backend": "kafka"},
             },
             "extra": 1,
         }
     )
     assert set(got) == {
         "spawner.poll_interval: must be a number, got str 'fast'",
-        "spawner.max_total_workers: must be 'auto' or an integer >= 1, got 0",
+        "spawner.max_total_workers: must be 'auto' or an integer 1-100000, got 0",
         "spawner.stop_grace: must be >= 0, got -1",
         "queues.ai.max_concurrent: must be >= 1, got 0",
         "queues.ai.bogus: unknown key",
@@ -84,26 +84,27 @@ def test_every_problem_is_named_with_its_path() -> None:
 
 
 def test_booleans_are_not_numbers() -> None:
-    assert problems({"queues": {"q": {"command": ["x"], "max_concurrent": True}}}) == [
+    assert problems({"queues": {"q": {"command": ["true"], "max_concurrent": True}}}) == [
         "queues.q.max_concurrent: must be an integer, got bool True"
     ]
 
 
 def test_two_queues_cannot_share_a_stream() -> None:
     assert problems(
-        {"queues": {"a": {"command": ["x"]}, "b": {"command": ["x"], "stream": "a"}}}
+        {"queues": {"a": {"command": ["true"]}, "b": {"command": ["true"], "stream": "a"}}}
     ) == ["queues.b.stream: 'a' is used by 'a' too"]
 
 
 def test_check_command(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("queues:\n  ai: {script: a.py, max_concurrent: 0, cooldwn: 3}\n")
+    (tmp_path / "a.py").touch()
     run = [sys.executable, "-m", "orchestrator", "check", "-c"]
     out = subprocess.run([*run, str(bad)], capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.splitlines() == [
-        "queues.ai.max_concurrent: must be >= 1, got 0",
-        "queues.ai.cooldwn: unknown key",
+        "queues.ai.max_concurrent: must be >= 1, got 0 (line 2)",
+        "queues.ai.cooldwn: unknown key (line 2)",
     ]
     good = subprocess.run(
         [*run, str(ROOT / "config" / "workers.yaml")], capture_output=True, text=True

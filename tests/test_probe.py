@@ -16,9 +16,9 @@ from orchestrator.queues import DepthProbe
 CONFIG = parse_config(
     {
         "queues": {
-            "ai": {"command": ["x"]},
-            "up": {"command": ["x"], "stream": "uploads", "group": "uploaders"},
-            "rq_jobs": {"command": ["x"], "backend": "rq"},
+            "ai": {"command": ["true"]},
+            "up": {"command": ["true"], "stream": "uploads", "group": "uploaders"},
+            "rq_jobs": {"command": ["true"], "backend": "rq"},
         }
     },
     env={},
@@ -70,7 +70,7 @@ def test_lag_after_deletions_is_counted(server: EmbeddedRedis) -> None:
 def test_one_round_trip_per_probe(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     client = redis.Redis.from_url(redis_url)
     queues = parse_config(
-        {"queues": {f"q{i}": {"command": ["x"]} for i in range(20)}}, env={}
+        {"queues": {f"q{i}": {"command": ["true"]} for i in range(20)}}, env={}
     ).queues
     probe = DepthProbe(queues.values())
     probe.load(client)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from orchestrator.config import parse_config
@@ -195,8 +196,12 @@ def test_busy_rq_workers_do_not_absorb_new_work() -> None:
     assert wanted_new(state.facts([busy], now=0.0)) == 0
 
 
-def test_a_reload_that_changes_a_queue_lifts_its_backoff() -> None:
-    before = parse_config({"queues": {"a": {"script": "x.py"}, "b": {"script": "y.py"}}})
+def test_a_reload_that_changes_a_queue_lifts_its_backoff(tmp_path: Path) -> None:
+    for script in ("x.py", "x2.py", "y.py"):
+        (tmp_path / script).touch()
+    before = parse_config(
+        {"queues": {"a": {"script": "x.py"}, "b": {"script": "y.py"}}}, root=tmp_path
+    )
     states = {n: QueueState(config=q) for n, q in before.queues.items()}
     for state in states.values():
         state.backoff = (
@@ -204,7 +209,9 @@ def test_a_reload_that_changes_a_queue_lifts_its_backoff() -> None:
             .after_exit(ExitVerdict.CRASH, 0.0)
             .after_exit(ExitVerdict.CRASH, 0.0, max_s=300.0)
         )
-    fixed = parse_config({"queues": {"a": {"script": "x2.py"}, "b": {"script": "y.py"}}})
+    fixed = parse_config(
+        {"queues": {"a": {"script": "x2.py"}, "b": {"script": "y.py"}}}, root=tmp_path
+    )
     apply_config(states, fixed.queues)
     assert states["a"].backoff == Backoff()  # its program changed: a fresh start
     assert states["b"].backoff.streak == 2  # unchanged: still backing off

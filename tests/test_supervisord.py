@@ -22,6 +22,8 @@ def test_supervisord_starts_and_stops_the_orchestrator(
     tmp_path: Path, redis_url: str, r: TextRedis
 ) -> None:
     conf = (ROOT / "supervisord.conf").read_text()
+    environment = [line for line in conf.splitlines() if line.startswith("environment=")]
+    assert environment and all("ORCH_REDIS_URL" not in line for line in environment)
     conf = conf.replace("%(here)s/var", str(tmp_path)).replace("%(here)s", str(ROOT))
     conf = conf.replace(f"{ROOT}/.venv/bin/orchestrator", str(BIN / "orchestrator"))
     conf_path = tmp_path / "supervisord.conf"
@@ -40,7 +42,7 @@ def test_supervisord_starts_and_stops_the_orchestrator(
     }
     (tmp_path / "workers.yaml").write_text(yaml.safe_dump(config))
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "ORCH_REDIS_URL"},
         "ORCH_CONFIG": str(tmp_path / "workers.yaml"),
         "TEST_OUT": str(tmp_path / "out"),
     }
@@ -57,6 +59,10 @@ def test_supervisord_starts_and_stops_the_orchestrator(
         )
         pids = [int(p) for t in trees for p in t.read_text().split()]
         assert all(pid_alive(p) for p in pids)
+        shell = subprocess.run(  # the operator's shell: same file, so the same Redis
+            [str(BIN / "orchestrator"), "status"], capture_output=True, text=True, env=env
+        )
+        assert shell.returncode == 0 and "test-supervised" in shell.stdout, shell.stderr
         stop = subprocess.run(
             [*ctl, "stop", "orchestrator"], capture_output=True, text=True, timeout=60
         )

@@ -85,11 +85,11 @@ class DemoError(Exception):
     """The demo cannot go on; the message says why."""
 
 
-def run_demo(config_path: str, data_root: Path | None = None) -> int:
+def run_demo(config_path: str | None, data_root: Path | None = None) -> int:
     """The demo pipeline end to end; the exit code (see the module docstring).
 
     ``data_root``: where a relative SQLite path lies, if not under the
-    config's root (the shipped config's, inside an installed package)."""
+    config's base directory (the shipped config's, inside an installed package)."""
     started = time.monotonic()
     try:
         config = load_config(config_path)
@@ -103,7 +103,7 @@ def run_demo(config_path: str, data_root: Path | None = None) -> int:
             say(line)
         return EXIT_USAGE
     if FIRST_QUEUE not in config.queues:
-        say(f"{config_path}: the demo needs the queue {FIRST_QUEUE!r}")
+        say(f"{config.path}: the demo needs the queue {FIRST_QUEUE!r}")
         return EXIT_USAGE
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:

@@ -1,8 +1,8 @@
 """Where analysed announcements and notifications are kept: one interface, two databases.
 
 ``open_store(settings, root)`` opens PostgreSQL (``postgresql://...``, psycopg
-3) or SQLite (``sqlite:///path``, relative paths under the repo root) and
-creates the tables when missing. Writes are whole batches in one
+3) or SQLite (``sqlite:///path``, relative paths under the config's base
+directory) and creates the tables when missing. Writes are whole batches in one
 transaction: ``upsert_announcements`` is keyed by announcement id (a
 redelivered job updates its row, an older analysis never overwrites a newer
 one), ``insert_notifications`` ignores pairs already written. A database

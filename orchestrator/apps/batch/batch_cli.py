@@ -18,6 +18,7 @@ from orchestrator.cli import (
     load,
     queue_of,
     redis_errors,
+    where,
 )
 
 
@@ -50,7 +51,7 @@ def batch() -> None:
 @click.option("--id", "batch_id", help="The batch id (default: generated).")
 @click.option("--queue", default="batch_jobs", show_default=True)
 def batch_submit(
-    config_path: str,
+    config_path: str | None,
     shard_size: int | None,
     batch_id: str | None,
     queue: str,
@@ -109,7 +110,7 @@ def _watch(readings: Iterator[Any], live: bool, once: bool, quiet: bool) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print one reading as JSON and exit.")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=0.5, show_default=True)
 def batch_status(
-    config_path: str, batch_id: str, once: bool, as_json: bool, interval: float
+    config_path: str | None, batch_id: str, once: bool, as_json: bool, interval: float
 ) -> None:
     """A live progress bar (rate, ETA) until the batch ends; Ctrl-C stops watching.
 
@@ -133,7 +134,7 @@ def batch_status(
         click.echo()
     if last is None:
         click.echo(
-            f"unknown batch id {batch_id!r}: no {batch_key(batch_id)} in Redis "
+            f"unknown batch id {batch_id!r}: no {batch_key(batch_id)} in Redis {where(config)} "
             "(never submitted, or expired after batch.keep)",
             err=True,
         )

@@ -16,7 +16,7 @@ key, with its default::
       progress_interval: 0.5        # seconds between progress updates (at least 0.5)
       keep: 604800                  # seconds orch:batch:<id> outlives its last update
 
-Relative paths are relative to the repository root (the config's root);
+Relative paths are relative to the config's base directory (``Config.root``);
 ``resolve`` turns them into absolute ones. Field names are the YAML keys
 (durations carry ``_s``, which ``orchestrator check`` strips).
 """
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.cpus import usable_cpus
-from orchestrator.validate import Section
+from orchestrator.validate import YEAR_S, Section
 
 __all__ = ["MIN_PROGRESS_INTERVAL_S", "BatchSettings", "parse_batch_settings"]
 
@@ -72,7 +72,7 @@ def parse_batch_settings(s: Section, cpu_count: int | None = None) -> BatchSetti
         progress_interval_s=s.number(
             "progress_interval", d.progress_interval_s, min=MIN_PROGRESS_INTERVAL_S, max=60
         ),
-        keep_s=s.number("keep", d.keep_s, min=60),
+        keep_s=s.number("keep", d.keep_s, min=60, max=YEAR_S),
     )
     s.done()
     return cfg
@@ -100,7 +100,7 @@ def _optional_number(s: Section, key: str, default: float | None, min_value: flo
         return default
     if s.raw(key) is None:
         return None
-    value: Any = s.number(key, None, min=min_value)
+    value: Any = s.number(key, None, min=min_value, max=1 << 24)
     return None if value is None else float(value)
 
 

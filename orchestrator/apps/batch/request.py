@@ -183,7 +183,7 @@ def _read(s: Section, default_id: str, settings: BatchSettings, root: Path) -> B
         parameters=_parameters(s),
         start=start,
         end=end,
-        timeout_s=s.number("timeout", settings.timeout_s, min=0.01),
+        timeout_s=s.number("timeout", settings.timeout_s, min=0.01, max=86400),
         memory_mb=_memory(s, settings.memory_mb),
         last_bar_only=s.boolean("last_bar_only", False),
         shard=s.integer("shard", 0, min=0, max=max(0, shards - 1)),
@@ -243,7 +243,7 @@ def _memory(s: Section, default: float | None) -> float | None:
         return default
     if s.raw("memory_mb") is None:
         return None
-    value: Any = s.number("memory_mb", default, min=16)
+    value: Any = s.number("memory_mb", default, min=16, max=1 << 24)
     return None if value is None else float(value)
 
 

@@ -15,7 +15,7 @@ from orchestrator.logs import setup_logging
 @click.command(name="scan-discovery")
 @config_option
 @click.option("--state", default="{}", show_default=True, help="The scanners' state (JSON object).")
-def scan_discovery(config_path: str, state: str) -> None:
+def scan_discovery(config_path: str | None, state: str) -> None:
     """Run the discovery scanners once; candidates to stdout as JSON lines.
 
     Exit 1 if a scanner failed or timed out (the others' candidates are printed).

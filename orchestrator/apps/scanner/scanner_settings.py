@@ -57,7 +57,7 @@ from enum import StrEnum
 from typing import Any
 
 from orchestrator.cpus import usable_cpus
-from orchestrator.validate import Section
+from orchestrator.validate import YEAR_S, Section
 
 __all__ = [
     "BacklogPolicy",
@@ -192,15 +192,17 @@ def parse_scanner_settings(s: Section, cpu_count: int | None = None) -> ScannerS
         on_backlog_full=BacklogPolicy(policy),
         max_memory_mb=s.integer("max_memory_mb", d.max_memory_mb, min=16),
         memory_check_interval_s=s.number(
-            "memory_check_interval", d.memory_check_interval_s, min=0.05
+            "memory_check_interval", d.memory_check_interval_s, min=0.05, max=3600
         ),
-        stall_timeout_s=s.number("stall_timeout", d.stall_timeout_s, min=1),
+        stall_timeout_s=s.number("stall_timeout", d.stall_timeout_s, min=1, max=86400),
         checkpoint_batches=s.integer("checkpoint_batches", d.checkpoint_batches, min=1),
         **_batch_sizes(s, d),
         warmup_history=s.integer("warmup_history", d.warmup_history, min=0, max=10_000_000),
-        log_interval_s=s.number("log_interval", d.log_interval_s, min=0.1),
+        log_interval_s=s.number("log_interval", d.log_interval_s, min=0.1, max=86400),
         alert_stream=s.string("alert_stream", d.alert_stream),
-        alert_stream_maxlen=s.integer("alert_stream_maxlen", d.alert_stream_maxlen, min=1),
+        alert_stream_maxlen=s.integer(
+            "alert_stream_maxlen", d.alert_stream_maxlen, min=1, max=10**9
+        ),
         patterns=_parse_patterns(s.child("patterns")),
         discovery=_parse_discovery(s.child("discovery")),
     )
@@ -231,7 +233,7 @@ def _batch_sizes(s: Section, d: ScannerSettings) -> dict[str, int]:
 def _parse_patterns(s: Section) -> PatternSettings:
     d = PatternSettings()
     cfg = PatternSettings(
-        cooloff_s=s.number("cooloff", d.cooloff_s, min=0),
+        cooloff_s=s.number("cooloff", d.cooloff_s, min=0, max=86400),
         session_open_utc_s=_hhmm(s, "session_open_utc", "00:00"),
         opening_range_s=s.number("opening_range", d.opening_range_s, min=0, max=86400),
         ema_fast=s.integer("ema_fast", d.ema_fast, min=1),
@@ -244,7 +246,7 @@ def _parse_patterns(s: Section) -> PatternSettings:
         breakout_volume_z=s.number("breakout_volume_z", d.breakout_volume_z, min=0.1),
         momentum_spread=s.number("momentum_spread", d.momentum_spread, min=1e-9),
         momentum_velocity=s.number("momentum_velocity", d.momentum_velocity, min=1e-9),
-        symbol_ttl_s=s.number("symbol_ttl", d.symbol_ttl_s, min=1),
+        symbol_ttl_s=s.number("symbol_ttl", d.symbol_ttl_s, min=1, max=YEAR_S),
     )
     if cfg.ema_fast >= cfg.ema_slow:
         s.error("ema_fast", f"must be < ema_slow ({cfg.ema_slow}), got {cfg.ema_fast}")
@@ -277,7 +279,7 @@ def _parse_discovery(s: Section) -> DiscoverySettings:
     cfg = DiscoverySettings(
         concurrent=s.boolean("concurrent", d.concurrent),
         max_workers=s.integer("max_workers", d.max_workers, min=1, max=256),
-        timeout_seconds=s.number("timeout_seconds", d.timeout_seconds, min=0.01),
+        timeout_seconds=s.number("timeout_seconds", d.timeout_seconds, min=0.01, max=86400),
         scanners=tuple(scanners),
     )
     s.done()
@@ -291,7 +293,7 @@ def _parse_scanner_ref(parent: Section, path: str, item: Any) -> ScannerRef | No
     target = s.string("target", None)
     name = s.string("name", None)
     enabled = s.boolean("enabled", True)
-    timeout_seconds = s.number("timeout_seconds", None, min=0.01)
+    timeout_seconds = s.number("timeout_seconds", None, min=0.01, max=86400)
     s.done()
     if isinstance(target, str):
         return _ref_from_target(s, path, target, name, enabled=enabled, timeout=timeout_seconds)
