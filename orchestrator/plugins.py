@@ -23,20 +23,26 @@ and brings what it adds to the orchestrator:
   ``labels``).
 
 An app module must import nothing heavy at import time: a worker loading
-its config loads every app's sections.
+its config loads every app's sections. An app whose libraries are an extra
+of this distribution names it (``extra``): a core-only install lists its
+commands, and using one says which extra to install (``missing``,
+``install_hint``), as does a worker that fails to import one of them
+(``extra_providing``).
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib import metadata
 from typing import Any
 
 from orchestrator.validate import Section
 
 GROUP = "orchestrator.apps"
+DISTRIBUTION = "redis-orchestrator"  # the installed distribution: its version, its extras
 
 SectionParser = Callable[[Section], Any]
 
@@ -77,13 +83,14 @@ class App:
     sections: Mapping[str, SectionParser] = field(default_factory=dict)
     commands: Callable[[], Sequence[Any]] = _no_commands  # -> click commands
     status: Sequence[StatusFigures] = ()
+    extra: str | None = None  # the extra of DISTRIBUTION holding the libraries it needs
 
 
 @functools.cache
 def apps() -> tuple[App, ...]:
     """Every installed app, by entry point name."""
     found: list[App] = []
-    for point in sorted(entry_points(group=GROUP), key=lambda p: p.name):
+    for point in sorted(metadata.entry_points(group=GROUP), key=lambda p: p.name):
         app = point.load()
         if not isinstance(app, App):
             raise TypeError(f"entry point {point.name} = {point.value} is not a plugins.App")
@@ -103,4 +110,53 @@ def section_parsers() -> dict[str, SectionParser]:
 
 
 def status_figures() -> list[StatusFigures]:
-    return [figures for app in apps() for figures in app.status]
+    """The figures of every app that is installed whole (one missing its
+    extra runs no workers, so it has none, and cannot import their readers)."""
+    return [figures for app in apps() if not missing(app) for figures in app.status]
+
+
+def install_hint(extra: str) -> str:
+    return f"pip install '{DISTRIBUTION}[{extra}]'"
+
+
+def missing(app: App) -> list[str]:
+    """The libraries of the app's extra that are not installed."""
+    if app.extra is None:
+        return []
+    wanted = [name for name, extra in _extras() if extra == app.extra]
+    return [name for name in wanted if not _installed(name)]
+
+
+def extra_providing(module: str) -> str | None:
+    """The extra that installs the top-level module ``module`` (``talib``:
+    ``batch``, through the distribution ta-lib), or None."""
+    top = _canonical(module.partition(".")[0])
+    return next((extra for name, extra in _extras() if _canonical(name) == top), None)
+
+
+@functools.cache
+def _extras() -> tuple[tuple[str, str], ...]:
+    """(distribution, extra) of each requirement that an extra adds."""
+    try:
+        requirements = metadata.requires(DISTRIBUTION) or []
+    except metadata.PackageNotFoundError:
+        return ()
+    found = []
+    for requirement in requirements:
+        name = re.match(r"[A-Za-z0-9._-]+", requirement)
+        extra = re.search(r"""extra\s*==\s*["']([^"']+)["']""", requirement)
+        if name and extra and _canonical(name.group()) != _canonical(DISTRIBUTION):
+            found.append((name.group(), extra.group(1)))
+    return tuple(found)
+
+
+def _installed(name: str) -> bool:
+    try:
+        metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "", name).lower()

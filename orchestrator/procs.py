@@ -1,4 +1,4 @@
-"""Start, signal and reap process trees.
+"""Start, signal, name and reap process trees.
 
 The rule everywhere in this project: a stop goes SIGTERM -> grace -> SIGKILL
 to the *whole* tree, and the tree is snapshotted before the first signal so
@@ -19,6 +19,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import psutil
+import setproctitle
+
+
+def set_title(title: str) -> None:
+    """What ``ps`` and ``top`` show for this process (its command line):
+    ``orch-spawner <host>``, ``orch-forkserver``, ``orch-worker <label> <worker id>``."""
+    setproctitle.setproctitle(title)
+
+
+def worker_title(label: str, worker_id: str) -> str:
+    return f"orch-worker {label} {worker_id}"
 
 
 @dataclass(frozen=True, slots=True)

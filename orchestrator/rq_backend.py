@@ -51,9 +51,14 @@ def serializer_for(name: str) -> Any:
 
 
 class OrchestratedWorker(Worker):
-    """RQ's worker, with our ``max_attempts`` as the default retry count."""
+    """RQ's worker, with our ``max_attempts`` as the default retry count,
+    and our process title before RQ's own (``orch-worker <label> <id>: ...``)."""
 
     max_attempts = 3
+    title = "orch-worker"
+
+    def procline(self, message: str) -> None:
+        procs.set_title(f"{self.title}: {message}")
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
         if job.retries_left is None and self.max_attempts > 1:
@@ -112,8 +117,15 @@ def _forget_worker(client: redis.Redis, worker_name: str, queue_name: str) -> No
 
 def main() -> int:
     """``python -m orchestrator.rq_backend``: one RQ worker, as the spawner set it up."""
+    from orchestrator.worker import configure_logging, identify
+    from orchestrator.worker.workerenv import Settings
+
     env = os.environ
     procs.die_with_parent()
+    settings = Settings.from_env()
+    configure_logging(settings.log)  # RQ's log lines too (the standard library's)
+    identify(settings.queue, settings.label, settings.worker_id)
+    OrchestratedWorker.title = procs.worker_title(settings.label, settings.worker_id)
     client = connect(env["ORCH_REDIS_URL"], timeout_s=None, fail_fast=False)
     serializer = serializer_for(env.get("ORCH_RQ_SERIALIZER", "json"))
     queue = Queue(env["ORCH_QUEUE"], connection=client, serializer=serializer)
@@ -129,7 +141,11 @@ def main() -> int:
         worker.request_stop(signal.SIGTERM, frame)  # type: ignore[no-untyped-call]
 
     signal.signal(signal.SIGUSR1, give_slot_up)
-    worker.work(burst=idle_s <= 0, max_idle_time=max(1, math.ceil(idle_s)), logging_level="INFO")
+    worker.work(
+        burst=idle_s <= 0,
+        max_idle_time=max(1, math.ceil(idle_s)),
+        logging_level=settings.log.level,
+    )
     return 0
 
 

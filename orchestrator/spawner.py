@@ -540,6 +540,7 @@ class WorkerSpawner:
 
 def main_loop(config: Config, *, subreaper: bool = True) -> int:
     """``orchestrator run``: a spawner in the foreground until stopped."""
+    procs.set_title(f"orch-spawner {config.spawner.host}")
     spawner = WorkerSpawner(config, events=Events(config.log.emoji), subreaper=subreaper)
     try:
         return spawner.run()

@@ -64,7 +64,8 @@ class Workforce:
         self.strays_due = False  # a SIGCHLD came: orphans may have been re-parented to us
 
     def open(self, config: Config) -> None:
-        self.launcher.open(config.spawner.fork_server, config.spawner.preload, config.redis_url)
+        spawner = config.spawner
+        self.launcher.open(spawner.fork_server, spawner.preload, config.redis_url, config.log)
         if self.guard is not None:
             self.guard.start()
 

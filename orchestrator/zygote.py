@@ -35,14 +35,17 @@ import socket
 import subprocess
 import sys
 import time
-import traceback
 import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import CodeType
 from typing import Any, NoReturn
 
+from loguru import logger
+
 from orchestrator import procs
+from orchestrator.logs import LogConfig, log_uncaught
+from orchestrator.worker.workerenv import log_env
 
 DEFAULT_PRELOAD = (
     "orchestrator.worker",
@@ -62,10 +65,17 @@ class ZygoteError(RuntimeError):
 class Zygote:
     """The spawner's side: start the fork server, ask it for workers."""
 
-    def __init__(self, preload: Sequence[str] = DEFAULT_PRELOAD, warm_url: str = "") -> None:
-        """``warm_url``: the spawner's Redis, which a standby's rehearsal connects to."""
+    def __init__(
+        self,
+        preload: Sequence[str] = DEFAULT_PRELOAD,
+        warm_url: str = "",
+        log: LogConfig | None = None,
+    ) -> None:
+        """``warm_url``: the spawner's Redis, which a standby's rehearsal
+        connects to; ``log``: how its workers log (each can change it)."""
         self.preload = list(dict.fromkeys([*DEFAULT_PRELOAD, *preload]))
         self.warm_url = warm_url or "redis://127.0.0.1:6379/0"
+        self.log = log or LogConfig()
         self.proc: subprocess.Popen[bytes] | None = None
         self.sock: socket.socket | None = None
         self._buffer = b""
@@ -86,6 +96,7 @@ class Zygote:
                 *self.preload,
             ],
             pass_fds=(theirs.fileno(),),
+            env={**os.environ, **log_env(self.log)},
             stdin=subprocess.DEVNULL,
             preexec_fn=procs.die_with_parent,
         )
@@ -178,8 +189,25 @@ _STARTUP_ONLY = frozenset(
 def eligible(argv: Sequence[str], queue_env: Mapping[str, str]) -> bool:
     """A ``script`` worker (our interpreter on a Python file) whose queue
     sets no interpreter start-up variable; anything else is exec'd."""
-    script = len(argv) >= 2 and argv[0] == sys.executable and argv[1].endswith(".py")
-    return script and not (_STARTUP_ONLY & set(queue_env))
+    return is_script(argv) and not (_STARTUP_ONLY & set(queue_env))
+
+
+def is_script(argv: Sequence[str]) -> bool:
+    return len(argv) >= 2 and argv[0] == sys.executable and argv[1].endswith(".py")
+
+
+def exec_argv(argv: Sequence[str]) -> list[str]:
+    """A ``script`` worker's argv when it is exec'd, not forked: run by this
+    module as a forked one is (``run_script``: its title, its log set up
+    before its first line, so even a traceback at import is one JSON line)."""
+    return [sys.executable, "-m", "orchestrator.zygote", "--script", *argv[1:]]
+
+
+def run_script(argv: Sequence[str]) -> NoReturn:
+    """``python -m orchestrator.zygote --script script.py [args]``: as the
+    fork server's worker runs it, in this fresh interpreter."""
+    job = {"argv": [sys.executable, *argv], "env": dict(os.environ), "cwd": os.getcwd()}
+    _become_worker({**job, "parent": os.getppid()}, reparented=False)
 
 
 # -- the zygote process ------------------------------------------------------
@@ -284,6 +312,7 @@ def serve(fd: int, preload: Sequence[str], warm_url: str) -> int:
         return 1
     from orchestrator.worker import configure_logging
 
+    procs.set_title("orch-forkserver")
     configure_logging()  # workers inherit it
     gc.freeze()  # what the preload made is shared with workers, not copied by their GC
     ForkServer(sock, warm_url).serve()
@@ -315,6 +344,7 @@ def _make_standby(server: ForkServer) -> Standby | None:
 def _stand_by(job_fd: int, parent: int, warm_url: str) -> NoReturn:
     """The standby: rehearse a worker's start, wait for the job, become it."""
     try:
+        procs.set_title("orch-standby")
         _await_parent(parent, reparented=False)
         _warm_up(warm_url)
         chunks = []
@@ -427,6 +457,7 @@ def _become_worker(request: dict[str, Any], reparented: bool) -> NoReturn:
         argv, env = request["argv"], request["env"]
         os.chdir(request["cwd"])
         _set_environ(env)
+        _take_worker_title_and_log(env)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.close(devnull)
@@ -439,14 +470,23 @@ def _become_worker(request: dict[str, Any], reparented: bool) -> NoReturn:
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if exc.code is not None and not isinstance(exc.code, int):
-            print(exc.code, file=sys.stderr)
-    except BaseException:
-        traceback.print_exc()
+            logger.bind(event="worker_exit").error(str(exc.code))  # as Python prints it
+    except BaseException as exc:
+        log_uncaught(type(exc), exc, exc.__traceback__)
     finally:
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
+
+
+def _take_worker_title_and_log(env: Mapping[str, str]) -> None:
+    """What ``python script.py`` shows in ps, and how it logs (the spawner's
+    config for this worker, set up already unless it changed since)."""
+    from orchestrator.worker import configure_logging, identify
+
+    configure_logging()
+    identify(env.get("ORCH_QUEUE", ""), env.get("ORCH_LABEL", ""), env.get("ORCH_WORKER_ID", ""))
 
 
 def _set_environ(env: Mapping[str, str]) -> None:
@@ -494,4 +534,6 @@ def _await_parent(parent: int, reparented: bool) -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "--script":
+        run_script(sys.argv[2:])
     sys.exit(serve(int(sys.argv[1]), sys.argv[3:], warm_url=sys.argv[2]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
@@ -37,3 +38,12 @@ def wait_until(
             text = message() if callable(message) else message
             raise WaitTimeout(f"after {timeout_s:.1f}s: {text}")
         time.sleep(interval_s)
+
+
+def process_title(pid: int) -> str:
+    """What ps shows for ``pid`` (its command line, or the title it set); "" once gone."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()

@@ -8,7 +8,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,9 @@ class SpawnerProc:
     ) -> None:
         """``shipped_defaults``: the spawner keys a user gets (only ``host``
         and what ``spawner`` names are set); else the harness' quicker ones."""
+        # The orchestrator it runs (an installed one's script), and from where.
+        self.command: Sequence[str] = (sys.executable, "-m", "orchestrator")
+        self.cwd = ROOT
         self.dir = tmp / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.out = self.dir / "out"
@@ -70,17 +73,19 @@ class SpawnerProc:
         self.config = dict(config)
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
 
-    def start(self) -> SpawnerProc:
+    def start(self, ready: str | None = "Spawner on") -> SpawnerProc:
+        """Start it; wait for the log line ``ready`` (None: a level above INFO hides it)."""
         self.log_file = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator", "run", "-c", str(self.config_path)],
-            cwd=ROOT,
+            [*self.command, "run", "-c", str(self.config_path)],
+            cwd=self.cwd,
             env=self.env,
             stdout=self.log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: see kill_everything
         )
-        self.wait_log("Spawner on")
+        if ready is not None:
+            self.wait_log(ready)
         return self
 
     @property

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,16 +46,21 @@ class DemoRun:
         return alive + in_session
 
 
-def run_demo(tmp_path: Path, env: Mapping[str, str]) -> DemoRun:
-    """``orchestrator demo`` to completion, recording its descendants as it goes."""
+def run_demo(
+    tmp_path: Path,
+    env: Mapping[str, str],
+    command: Sequence[str] = (sys.executable, "-m", "orchestrator"),
+    cwd: Path = ROOT,
+) -> DemoRun:
+    """``command demo`` to completion in ``cwd``, recording its descendants as it goes."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
     full_env.update(env)
     out_path = tmp_path / f"demo-{time.monotonic_ns()}.out"
     seen: dict[int, tuple[psutil.Process, str]] = {}
     with out_path.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator", "demo"],
-            cwd=ROOT,
+            [*command, "demo"],
+            cwd=cwd,
             env=full_env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import TextRedis, wait_until
+from tests.helpers import TextRedis, process_title, wait_until
 from tests.spawn_harness import WORKERS, worker_script
 
 
@@ -116,11 +116,9 @@ def test_the_standby_is_no_worker_and_leaves_with_the_spawner(
     sp = spawner_factory(redis_url, {"ai_processing": report_queue(cooldown=0)})
     sp.start()
 
-    def standbys() -> list[psutil.Process]:
+    def standbys() -> list[psutil.Process]:  # by their process title
         kids = psutil.Process(sp.pid).children()
-        forks = [k for k in kids if "orchestrator.zygote" in " ".join(k.cmdline())]
-        fork_server = min(forks, key=lambda p: p.create_time())
-        return [k for k in forks if k.pid != fork_server.pid]
+        return [k for k in kids if process_title(k.pid) == "orch-standby"]
 
     standby = wait_until(standbys, 10)[0]
     sp.wait_log("📊")

@@ -121,8 +121,10 @@ class _Launchpad:
                 os.close(self.wake_r)
                 os.close(self.wake_w)
                 code = worker_main(socket.socket(fileno=fd), self.target, self.init)
-            except BaseException:
-                traceback.print_exc()
+            except BaseException as exc:
+                from orchestrator.worker import log_crash  # only now: a worker starts light
+
+                log_crash(exc)
             finally:
                 with contextlib.suppress(Exception):
                     sys.stdout.flush()

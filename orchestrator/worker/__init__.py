@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, NoReturn
 from loguru import logger
 
 from orchestrator import procs
+from orchestrator.logs import LogConfig, LogFormat, capture_output, log_uncaught, setup_logging
 from orchestrator.worker.acks import mark_done
 from orchestrator.worker.heartbeat import Heartbeat
 from orchestrator.worker.jobs import (
@@ -41,7 +42,7 @@ from orchestrator.worker.jobs import (
     per_job,
 )
 from orchestrator.worker.runtime import STOP_SIGNALS, WorkerRuntime
-from orchestrator.worker.workerenv import Settings
+from orchestrator.worker.workerenv import Settings, log_config
 
 if TYPE_CHECKING:
     from orchestrator.config import Config
@@ -61,36 +62,56 @@ __all__ = [
     "Unavailable",
     "WorkerRuntime",
     "configure_logging",
+    "identify",
     "load_worker_config",
+    "log_crash",
     "mark_done",
     "prepare_process",
     "run_batch_worker",
     "run_worker",
 ]
 
-LOG_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {message}"
-
 
 def prepare_process(settings: Settings) -> None:
     """What every worker process does first: die with its spawner (and
-    refuse to start if it is gone already), and log in the spawner's format."""
+    refuse to start if it is gone already), take its title, and log in the
+    spawner's format and level."""
     procs.die_with_parent(signal.SIGTERM)
     if settings.spawner_pid is not None and os.getppid() != settings.spawner_pid:
         raise SystemExit(f"{settings.worker_id}: spawner {settings.spawner_pid} is gone")
-    configure_logging()
+    configure_logging(settings.log)
+    identify(settings.queue, settings.label, settings.worker_id)
 
 
-_logging_configured = False
+def identify(queue: str, label: str, worker_id: str) -> None:
+    """The worker's process title (``orch-worker <label> <worker id>``),
+    and its ``queue`` and ``worker_id`` on each of its JSON log lines."""
+    procs.set_title(procs.worker_title(label, worker_id))
+    logger.configure(extra={"queue": queue, "worker_id": worker_id})
 
 
-def configure_logging() -> None:
-    """Plain lines to stderr, once per process (the fork server does it for
-    the workers it forks: loguru takes milliseconds to add a handler)."""
+_logging_configured: LogConfig | None = None
+
+
+def configure_logging(config: LogConfig | None = None) -> None:
+    """Log as the spawner does (``config``, else ``ORCH_LOG_*``), set up once
+    per process and config (the fork server does it for the workers it
+    forks: loguru takes milliseconds to add a handler)."""
     global _logging_configured
-    if not _logging_configured:
-        logger.remove()
-        logger.add(sys.stderr, format=LOG_FORMAT)
-        _logging_configured = True
+    wanted = config or log_config(os.environ)
+    if wanted != _logging_configured:
+        setup_logging(wanted)
+        if wanted.format is LogFormat.JSON:
+            capture_output()  # a handler's print() is a JSON line too
+        _logging_configured = wanted
+
+
+def log_crash(exc: BaseException) -> None:
+    """``exc`` ends a process of a worker (a pool's, say) that logged
+    nothing before: it is logged, with its traceback, as the spawner's
+    config says (``ORCH_LOG_*``)."""
+    configure_logging()
+    log_uncaught(type(exc), exc, exc.__traceback__)
 
 
 def load_worker_config(path: str | None, *, required: bool = False) -> Config | None:

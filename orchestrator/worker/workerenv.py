@@ -13,8 +13,10 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from orchestrator.logs import LogConfig, LogFormat
 
 if TYPE_CHECKING:
     from orchestrator.config import Config, QueueConfig
@@ -47,6 +49,8 @@ class Settings:
     wait_replicas: int = 0  # ORCH_WAIT_REPLICAS: acknowledgements wait for this many replicas
     wait_timeout_s: float = 1.0  # ORCH_WAIT_TIMEOUT
     report_reaction: bool = False  # ORCH_METRICS=1: the spawner serves metrics
+    label: str = ""  # ORCH_LABEL: the queue's label (the process title)
+    log: LogConfig = field(default_factory=LogConfig)  # ORCH_LOG_FORMAT, _LEVEL, _EMOJI
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -81,7 +85,28 @@ class Settings:
             wait_timeout_s=float(e.get("ORCH_WAIT_TIMEOUT") or 1.0),
             drain=e.get("ORCH_DRAIN") == "1",
             report_reaction=e.get("ORCH_METRICS") == "1",
+            label=e.get("ORCH_LABEL") or e["ORCH_QUEUE"],
+            log=log_config(e),
         )
+
+
+def log_config(env: Mapping[str, str]) -> LogConfig:
+    """The spawner's ``log`` section, as ``log_env`` passed it (defaults when unset)."""
+    d = LogConfig()
+    return LogConfig(
+        format=LogFormat(env.get("ORCH_LOG_FORMAT") or d.format),
+        emoji=env.get("ORCH_LOG_EMOJI", "1" if d.emoji else "0") != "0",
+        level=env.get("ORCH_LOG_LEVEL") or d.level,
+    )
+
+
+def log_env(log: LogConfig) -> dict[str, str]:
+    """``log`` as the variables a worker (and the fork server) reads back with ``log_config``."""
+    return {
+        "ORCH_LOG_FORMAT": log.format.value,
+        "ORCH_LOG_LEVEL": log.level,
+        "ORCH_LOG_EMOJI": "1" if log.emoji else "0",
+    }
 
 
 # Variables a spawned worker always has; only a worker started by hand
@@ -123,6 +148,7 @@ def worker_env(
     env.update(
         {
             "ORCH_QUEUE": queue.name,
+            "ORCH_LABEL": queue.label,
             "ORCH_WORKER_ID": worker_id,
             "ORCH_REDIS_URL": config.redis_url,
             "ORCH_STREAM": queue.stream,
@@ -144,6 +170,7 @@ def worker_env(
             "ORCH_WAIT_TIMEOUT": f"{config.wait_timeout_s:g}" if config.wait_replicas else "",
             "ORCH_METRICS": "1" if config.spawner.metrics_port is not None else "",
             "PYTHONUNBUFFERED": "1",
+            **log_env(config.log),
         }
     )
     return env

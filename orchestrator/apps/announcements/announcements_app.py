@@ -15,4 +15,4 @@ def _commands() -> Sequence[Any]:
     return [demo]
 
 
-APP = App(name="announcements", sections=SECTION_PARSERS, commands=_commands)
+APP = App(name="announcements", sections=SECTION_PARSERS, commands=_commands, extra="announcements")

@@ -46,7 +46,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
@@ -85,12 +85,17 @@ class DemoError(Exception):
     """The demo cannot go on; the message says why."""
 
 
-def run_demo(config_path: str | None) -> int:
-    """The demo pipeline end to end; the exit code (see the module docstring)."""
+def run_demo(config_path: str | None, data_root: Path | None = None) -> int:
+    """The demo pipeline end to end; the exit code (see the module docstring).
+
+    ``data_root``: where a relative SQLite path lies, if not under the
+    config's base directory (the shipped config's, inside an installed package)."""
     started = time.monotonic()
     try:
         config = load_config(config_path)
         db = database_with_env(config.sections["database"], os.environ)
+        if data_root is not None and db.url.startswith("sqlite:///"):
+            db = replace(db, url="sqlite:///" + sqlite_path(db.url, data_root))
         timeout_s = float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT_S)
     except (ConfigError, ValueError) as exc:
         problems = exc.problems if isinstance(exc, ConfigError) else [f"{TIMEOUT_ENV}: {exc}"]

@@ -47,6 +47,7 @@ METRICS = (
 
 APP = App(
     name="batch",
+    extra="batch",
     sections={"batch": parse_batch_settings},
     commands=_commands,
     status=[

@@ -5,7 +5,8 @@ It reads frames from stdin (see ``frames``), runs every BATCH through its
 stdout it was started with (``print`` goes to stderr instead, so a stray
 print cannot corrupt the stream). It exits 0 on STOP or when stdin closes,
 which is also what happens when the parent dies. SIGINT is ignored: a
-Ctrl-C in a terminal is the parent's to handle.
+Ctrl-C in a terminal is the parent's to handle. A crash is logged in the
+spawner's log format, its traceback in one line when that is JSON.
 """
 
 from __future__ import annotations
@@ -64,5 +65,16 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+def _crashed(exc: BaseException) -> int:
+    from orchestrator.worker import log_crash  # only now: a pool process starts light
+
+    log_crash(exc)
+    return 1  # as Python exits on an uncaught exception
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+    except Exception as exc:  # logged as the spawner's config says, with its traceback
+        code = _crashed(exc)
+    sys.exit(code)
