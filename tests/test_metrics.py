@@ -101,16 +101,18 @@ def test_metrics_count_what_happened(redis_url: str, r: TextRedis, spawner_facto
     assert inf == 7 and total(samples, "orch_reaction_seconds_sum", **host) < 7 * 5
     assert ("process_cpu_seconds_total", frozenset()) in samples
 
+    # History writes are paced (one a second): wait for the write that holds
+    # the last exit, then check that every figure adds up.
+    exits = len(EXIT_RE.findall(sp.text()))
+
+    def recorded() -> list[Bucket] | None:
+        b = read_history(r, ["test-spawner"])
+        seen = (sum(x.queues["jobs"][f] for x in b) for f in ("spawns", "exits"))
+        return b if tuple(seen) == (len(sp.spawned()), exits) else None
+
     buckets = wait_until(
-        lambda: (
-            (b := read_history(r, ["test-spawner"]))
-            and sum(x.queues["jobs"]["spawns"] for x in b) == len(sp.spawned())
-            and b
-        ),
-        5,
-        message=lambda: str(r.hgetall("orch:history:test-spawner")),
+        recorded, 5, message=lambda: str(r.hgetall("orch:history:test-spawner"))
     )
-    assert sum(b.queues["jobs"]["exits"] for b in buckets) == len(EXIT_RE.findall(sp.text()))
     assert sum(b.queues["jobs"]["recovered"] for b in buckets) == 1
     assert buckets[-1].queues["jobs"]["dead_letters"] == 2
     assert sp.stop() == 0
