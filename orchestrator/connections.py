@@ -58,7 +58,8 @@ class CPacker:
     """
 
     def __init__(self) -> None:
-        self._fallback = HiredisRespSerializer()
+        # typed in some redis-py releases, not in others
+        self._fallback = HiredisRespSerializer()  # type: ignore[no-untyped-call,unused-ignore]
 
     def pack(self, *args: Any) -> list[bytes]:
         name = args[0]
@@ -169,7 +170,7 @@ def sentinel_pool(url: str, options: dict[str, Any]) -> SentinelConnectionPool:
     }
     if address.sentinel_password:
         sentinel_options["password"] = address.sentinel_password
-    manager = Sentinel(list(address.sentinels), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+    manager = Sentinel(list(address.sentinels), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call,unused-ignore]
     return SentinelConnectionPool(  # type: ignore[no-untyped-call]
         address.service,
         manager,

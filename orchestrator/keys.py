@@ -25,6 +25,10 @@ key                             type    contents
                                         counts per queue (written only with metrics on)
 ``orch:dashboard``              string  set while a dashboard runs (TTL 30 s): spawners with
                                         ``history: auto`` then record their history
+``orch:wake:<host>``            stream  its newest entry only: a worker of the host gave
+                                        entries back (the spawner's watch wakes on it)
+``orch:parked``                 --      not a key: the consumer that holds parked entries in
+                                        every group, until the spawner hands them on
 ==============================  ======  ===============================================
 
 Apps keep their own keys under the same prefix, in their own modules
@@ -94,6 +98,15 @@ def reaction(host_name: str) -> str:
 
 
 DASHBOARD = f"{PREFIX}dashboard"
+
+# The consumer, in every group, that holds entries given back (by a worker
+# that will not start them soon) or taken from a gone worker, until the
+# spawner hands them to a worker.
+PARKING_CONSUMER = f"{PREFIX}parked"
+
+
+def wake(host_name: str) -> str:
+    return f"{PREFIX}wake:{host_name}"
 
 
 def dead_stream(stream: str) -> str:

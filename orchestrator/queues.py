@@ -6,7 +6,8 @@ tick costs one Redis round trip whatever the number of queues.
 
 ``StreamWatch`` is how the spawner reacts in milliseconds rather than at the
 next poll: a dedicated connection keeps an ``XREAD BLOCK`` outstanding on the
-streams that have room for more workers, and its socket sits in the
+streams that have room for more workers (and on the host's wake stream,
+where a worker says it gave entries back), and its socket sits in the
 spawner's ``select`` beside the signal pipe. ``XREAD`` (not ``XREADGROUP``)
 consumes nothing.
 """
@@ -220,6 +221,7 @@ class StreamWatch:
         self.conn: Any = None  # a redis-py Connection (its API is untyped)
         self.conn_id: int | None = None
         self.armed: frozenset[str] | None = None
+        self.seen: dict[str, str] = {}  # stream -> the newest id a fired XREAD returned
 
     def arm(self, positions: Mapping[str, str]) -> None:
         wanted = frozenset(positions)
@@ -263,13 +265,18 @@ class StreamWatch:
             raise
 
     def collect(self) -> list[str]:
-        """Read the finished XREAD; the streams that have new entries."""
+        """Read the finished XREAD; the streams that have new entries (the
+        newest id read of each is kept in ``seen``)."""
         assert self.conn is not None
         self.armed = None
         reply = self.conn.read_response()
-        if isinstance(reply, dict):  # RESP3 answers XREAD with a map
-            return [_text(name) for name in reply]
-        return [_text(item[0]) for item in reply or []]
+        items = reply.items() if isinstance(reply, dict) else reply or []  # RESP3: a map
+        names = []
+        for name, entries in items:
+            names.append(_text(name))
+            if entries:
+                self.seen[names[-1]] = _text(entries[-1][0])
+        return names
 
     def reset(self) -> None:
         """Drop the connection (after a Redis error); the next arm reconnects."""

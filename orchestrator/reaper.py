@@ -34,7 +34,7 @@ from orchestrator import codec, keys
 from orchestrator.config import Backend, Config, QueueConfig
 from orchestrator.scripts import load_lua
 
-PARKING_CONSUMER = f"{keys.PREFIX}parked"
+PARKING_CONSUMER = keys.PARKING_CONSUMER
 
 
 class Liveness(StrEnum):

@@ -338,12 +338,19 @@ class WorkerSpawner:
                 w.handed += given.get(w.lease.consumer, 0)
 
     def _arm_watch(self, now: float) -> None:
+        """Watch the streams with room for a worker, and the host's wake
+        stream (a worker gave entries back: they are handed on at once)."""
+        if self.stopping:
+            self.watch.arm({})
+            return
         positions = {
             s.config.stream: s.depth.last_id
             for s in self.queues.values()
-            if s.config.backend is Backend.STREAM and s.depth is not None and not self.stopping
+            if s.config.backend is Backend.STREAM and s.depth is not None
             if self._room(s.config.name, now) > 0
         }
+        wake = keys.wake(self.host)
+        positions[wake] = self.watch.seen.get(wake, "0-0")
         self.watch.arm(positions)
 
     def _watch_fired(self) -> list[str]:

@@ -27,6 +27,7 @@ from tests.helpers import TextRedis, wait_until
 from tests.spawn_harness import ROOT, SpawnerProc, worker_script
 
 FLOW = worker_script("flow_worker.py")
+JOB_WORKER = worker_script("job_worker.py")
 TREE = worker_script("tree_worker.py")
 
 
@@ -66,6 +67,33 @@ def test_slow_jobs_spread_over_the_workers(
     assert not sp.lines("keep failing")
 
 
+def test_slow_jobs_behind_quick_ones_spread_too(
+    redis_url: str, r: TextRedis, spawner_factory: Any
+) -> None:
+    """Workers that ran quick jobs read many at a time; the slow jobs that
+    follow must not wait behind each other in one worker's read: what waits
+    behind a long job is given back and handed to the idle workers."""
+    sp = spawner_factory(
+        redis_url,
+        {"ai_processing": {"script": FLOW, "label": "AI", "max_concurrent": 3}},
+        shipped_defaults=True,
+    ).start()
+    quick = [{"id": f"q{i}"} for i in range(600)]
+    slow = [{"id": f"s{i}", "seconds": 1.0} for i in range(6)]
+    stage(r, "ai_processing", quick + slow)
+    wait_until(lambda: r.scard("flow:done") == len(quick) + len(slow), 30)
+    began = [row for row in starts(r) if row[0].startswith("s")]
+    first = began[0][3]
+    # Two rounds of three, as if each slow job had been read by an idle worker.
+    assert began[2][3] - first < 0.5, began
+    assert 0.9 < began[3][3] - first < 1.5, began
+    assert began[5][3] - first < 1.5, began
+    assert len({consumer for _, _, consumer, _ in began[:3]}) == 3, began
+    assert r.xpending("ai_processing", "workers")["pending"] == 0
+    sp.wait_log("given back")  # the worker says so when it exits
+    assert not sp.lines("keep failing")
+
+
 def test_a_kill_storm_does_not_stall_the_queue(
     redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
@@ -97,6 +125,53 @@ def test_a_kill_storm_does_not_stall_the_queue(
     assert drained_s < 10.0, drained_s
     for _, fields in r.xrange(dead_stream):  # only a job killed max_attempts times
         assert fields["error"].startswith("worker died: signal 9")
+
+
+def test_a_job_that_kills_its_worker_every_time_is_dead_lettered_not_backed_off(
+    redis_url: str, r: TextRedis, spawner_factory: Any
+) -> None:
+    """The shipped crash settings: a job that SIGKILLs every worker that
+    runs it is charged its attempts and dead-lettered; its deaths do not
+    make the queue back off, and the jobs around it run."""
+    sp = spawner_factory(
+        redis_url,
+        {"ai_processing": {"script": JOB_WORKER, "label": "AI", "max_concurrent": 2}},
+        shipped_defaults=True,
+    ).start()
+    jobs = [{"id": "killer", "action": "kill"}, *({"id": f"ok{i}"} for i in range(20))]
+    stage(r, "ai_processing", jobs[:1])  # alone first: it kills the first workers
+    sp.wait_log("killed by signal 9")
+    stage(r, "ai_processing", jobs[1:])
+    dead_stream = keys.dead_stream("ai_processing")
+    wait_until(lambda: r.xlen(dead_stream) == 1, 30, message=lambda: sp.text()[-3000:])
+    wait_until(lambda: r.scard("test:done") == 20, 15, message=lambda: sp.text()[-3000:])
+    (_, fields), *_ = r.xrange(dead_stream)
+    assert json.loads(fields["payload"])["id"] == "killer"
+    assert fields["attempts"] == "3" and fields["error"] == "worker died: signal 9"
+    assert not sp.lines("keep failing"), sp.lines("keep failing")
+
+
+def test_a_fixed_program_reloaded_with_sighup_starts_at_once(
+    redis_url: str, r: TextRedis, spawner_factory: Any
+) -> None:
+    """A broken program backs its queue off (the shipped crash settings);
+    the operator fixes the config and sends SIGHUP: the backoff is lifted
+    for that queue and its job runs at once, not after the backoff."""
+    sp = spawner_factory(
+        redis_url,
+        {"ai_processing": {"script": worker_script("crasher.py"), "label": "AI"}},
+        shipped_defaults=True,
+    ).start()
+    stage(r, "ai_processing", [{"id": "waiting"}])
+    sp.wait_log("(4 in a row): next spawn in 4s", timeout_s=20)
+    config = dict(sp.config)
+    config["queues"] = {"ai_processing": {"script": JOB_WORKER, "label": "AI"}}
+    sp.write_config(config)
+    sp.signal(signal.SIGHUP)
+    reloaded = time.monotonic()
+    wait_until(lambda: r.sismember("test:done", "waiting"), 10, message=sp.text)
+    assert time.monotonic() - reloaded < 3.5, sp.text()  # the 4 s backoff did not hold it
+    assert len(sp.lines("Config reloaded")) == 1
 
 
 def live_pids(sp: SpawnerProc) -> set[int]:
@@ -154,9 +229,13 @@ def test_a_second_spawner_with_the_same_host_name_refuses_to_start(
     redis_url: str, r: TextRedis, spawner_factory: Any, tmp_path: Path
 ) -> None:
     queues = {"ai_processing": {"script": FLOW, "label": "AI", "max_concurrent": 2}}
-    first = spawner_factory(redis_url, queues, name="one", spawner={"host": "same"}).start()
+    first = spawner_factory(
+        redis_url, queues, name="one", spawner={"host": "same"}, shipped_defaults=True
+    ).start()
     first.wait_log("📊")
-    second = spawner_factory(redis_url, queues, name="two", spawner={"host": "same"})
+    second = spawner_factory(
+        redis_url, queues, name="two", spawner={"host": "same"}, shipped_defaults=True
+    )
     second.log_file = second.log_path.open("ab")
     second.proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator", "run", "-c", str(second.config_path)],
@@ -173,7 +252,9 @@ def test_a_second_spawner_with_the_same_host_name_refuses_to_start(
     assert r.zscore(keys.HOSTS, "same")  # the first one's heartbeat is untouched
     assert first.proc is not None and first.proc.poll() is None
     assert first.stop() == 0
-    third = spawner_factory(redis_url, queues, name="three", spawner={"host": "same"}).start()
+    third = spawner_factory(
+        redis_url, queues, name="three", spawner={"host": "same"}, shipped_defaults=True
+    ).start()
     third.wait_log("📊")
     assert third.proc is not None and third.proc.poll() is None
 
@@ -185,7 +266,9 @@ def test_a_host_name_held_from_another_machine_is_free_once_its_heartbeat_expire
     r.set(keys.host("same"), json.dumps({**other, "instance": "x"}))
     r.zadd(keys.HOSTS, {"same": time.time() + 3600})
     queues = {"ai_processing": {"script": FLOW, "label": "AI"}}
-    refused = spawner_factory(redis_url, queues, name="one", spawner={"host": "same"})
+    refused = spawner_factory(
+        redis_url, queues, name="one", spawner={"host": "same"}, shipped_defaults=True
+    )
     done = subprocess.run(
         [sys.executable, "-m", "orchestrator", "run", "-c", str(refused.config_path)],
         cwd=ROOT,
@@ -197,7 +280,9 @@ def test_a_host_name_held_from_another_machine_is_free_once_its_heartbeat_expire
     assert done.returncode == 2
     assert "held by a live spawner on machine vm-2 (pid 4242)" in done.stderr
     r.zadd(keys.HOSTS, {"same": time.time() - 1})  # its heartbeat expires
-    sp = spawner_factory(redis_url, queues, name="two", spawner={"host": "same"}).start()
+    sp = spawner_factory(
+        redis_url, queues, name="two", spawner={"host": "same"}, shipped_defaults=True
+    ).start()
     sp.wait_log("📊")
     assert json.loads(r.get(keys.host("same")))["pid"] == sp.pid
 
@@ -239,6 +324,8 @@ def test_entries_that_are_not_utf8_reach_the_handler_or_the_dead_letters_intact(
     wait_until(lambda: good <= set(raw.smembers("flow:done")), 15)
     # the non-UTF-8 fields reached the handler as str, their bytes as surrogates
     wait_until(lambda: raw.sismember("flow:done", b"fields-\xe9"), 15)
+    # one worker read them all in one batch: the dead letter was made in it
+    assert len({line.split()[2] for line in raw.lrange("flow:started", 0, -1)}) == 1
     dead = wait_until(lambda: raw.xrange("ai_processing:dead"), 10)
     assert len(dead) == 1  # only the entry that can never run; no good job charged
     letter = dead[0][1]
@@ -277,23 +364,35 @@ def guard_of(sp: SpawnerProc) -> psutil.Process:
     return next(k for k in kids if "orchestrator.guard" in " ".join(k.cmdline()))
 
 
+def daemon_after_kill(out: Path, job_id: str) -> int:
+    """Let the hung job start its setsid daemon now (the spawner is dead: no
+    live subreaper takes it in); its pid, alive."""
+    (out / f"{job_id}.go").touch()
+    daemon = int(wait_until(lambda: _read(out / f"{job_id}.daemon"), 15))
+    assert pid_alive(daemon)
+    return daemon
+
+
 def test_nothing_outlives_a_sigkilled_spawner(
     redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:
-    """A hung worker, its SIGTERM-ignoring grandchild and its setsid daemon
-    are gone by the worker's deadline plus stop_grace, with no restart."""
+    """A hung worker, its SIGTERM-ignoring grandchild and the setsid daemon
+    it starts after the spawner died are gone by the worker's deadline plus
+    stop_grace, with no restart (the guard finds the daemon by its
+    environment)."""
     sp = spawner_factory(
         redis_url,
         {"ai_processing": {"script": TREE, "label": "AI", "max_runtime": 4}},
         spawner={"stop_grace": 1},
         shipped_defaults=True,
     ).start()
-    stage(r, "ai_processing", [{"id": "hung", "action": "hang"}])
+    stage(r, "ai_processing", [{"id": "hung", "action": "hang_late"}])
     pids = tree_of(sp.out, "hung")
     lease = json.loads(next(iter(r.hvals(keys.leases("test-spawner")))))
     guard = guard_of(sp)
     os.kill(sp.pid, signal.SIGKILL)
     sp.proc.wait()
+    pids.append(daemon_after_kill(sp.out, "hung"))
     assert pid_alive(pids[0])  # the hung job goes on: its deadline is not up
     limit_s = lease["deadline"] + 1 - time.time()
     assert wait_gone(pids, limit_s + 2.0) == []
@@ -305,18 +404,18 @@ def test_a_restarted_spawner_kills_what_previous_workers_left_behind(
 ) -> None:
     queues = {"ai_processing": {"script": TREE, "label": "AI"}}
     sp = spawner_factory(redis_url, queues, shipped_defaults=True).start()
-    stage(r, "ai_processing", [{"id": "hung", "action": "hang"}])
-    worker, grandchild, daemon = tree_of(sp.out, "hung")
-    for pid in (guard_of(sp).pid, sp.pid, worker):  # spawner, guard and worker all die hard
+    stage(r, "ai_processing", [{"id": "hung", "action": "hang_late"}])
+    worker, grandchild = tree_of(sp.out, "hung")
+    for pid in (guard_of(sp).pid, sp.pid):  # spawner and guard die hard ...
         os.kill(pid, signal.SIGKILL)
     sp.proc.wait()
+    daemon = daemon_after_kill(sp.out, "hung")
+    os.kill(worker, signal.SIGKILL)  # ... and so does the worker, once it left a daemon
     assert wait_gone([worker], 5.0) == []
-    assert pid_alive(grandchild)  # an orphan now, re-parented to init
+    assert pid_alive(grandchild) and pid_alive(daemon)  # orphans now, re-parented to init
     again = spawner_factory(redis_url, queues, name="spawner", shipped_defaults=True).start()
     line = again.wait_log("left behind by previous workers of test-spawner")[0]
-    assert str(grandchild) in line
-    # (the daemon, re-parented to the live spawner as its subreaper, was
-    # killed as a stray already, or is killed now with the grandchild)
+    assert str(grandchild) in line and str(daemon) in line
     assert wait_gone([grandchild, daemon], 5.0) == []
 
 

@@ -23,7 +23,7 @@ from orchestrator import keys
 from orchestrator.config import SpawnerConfig
 from orchestrator.embedded import free_port
 from orchestrator.fleet import StopReason
-from orchestrator.history import FIELDS, SLOTS, History, read_history
+from orchestrator.history import FIELDS, SLOTS, Bucket, History, read_history
 from orchestrator.procs import ExitStatus
 from orchestrator.status import HostStatus, QueueStatus
 from orchestrator.telemetry import Telemetry, exit_cause
@@ -110,9 +110,7 @@ def test_metrics_count_what_happened(redis_url: str, r: TextRedis, spawner_facto
         seen = (sum(x.queues["jobs"][f] for x in b) for f in ("spawns", "exits"))
         return b if tuple(seen) == (len(sp.spawned()), exits) else None
 
-    buckets = wait_until(
-        recorded, 5, message=lambda: str(r.hgetall("orch:history:test-spawner"))
-    )
+    buckets = wait_until(recorded, 5, message=lambda: str(r.hgetall("orch:history:test-spawner")))
     assert sum(b.queues["jobs"]["recovered"] for b in buckets) == 1
     assert buckets[-1].queues["jobs"]["dead_letters"] == 2
     assert sp.stop() == 0

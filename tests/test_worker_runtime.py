@@ -53,34 +53,61 @@ def pending_ids(r: TextRedis) -> list[str]:
     return [str(row["message_id"]) for row in rows]
 
 
-def test_sigterm_finishes_the_job_in_hand_and_leaves_the_rest_uncounted(
+def parked(r: TextRedis) -> dict[str, int]:
+    """Entries given back (on the parking consumer): id -> delivery count."""
+    rows = r.xpending_range(STREAM, GROUP, "-", "+", 100, consumername=keys.PARKING_CONSUMER)
+    return {str(row["message_id"]): int(row["times_delivered"]) for row in rows}
+
+
+def test_sigterm_finishes_the_job_in_hand_and_what_waits_behind_it_goes_back_uncounted(
     redis_url: str, r: TextRedis, tmp_path: Path
 ) -> None:
-    # The quick first job teaches the worker to read ahead: it then takes
-    # long, b and c in one read.
-    ids = add(
-        r,
-        {"id": "quick"},
-        {"id": "long", "action": "sleep", "seconds": 1.0},
-        {"id": "b"},
-        {"id": "c"},
-    )
+    # Three entries handed to the worker before it starts (as the spawner
+    # hands a gone worker's entries on): it reads them in one go, runs long
+    # and gives b and c back while long runs.
+    ids = add(r, {"id": "long", "action": "sleep", "seconds": 1.0}, {"id": "b"}, {"id": "c"})
+    r.xreadgroup(GROUP, CONSUMER, {STREAM: ">"}, count=3)
     worker = start_worker(redis_url, tmp_path)
     try:
         wait_until(lambda: f"long {CONSUMER}" in r.lrange("test:started", 0, -1), 15)
         beat = json.loads(wait_until(lambda: r.get(keys.worker_heartbeat(CONSUMER))))
         assert beat["pid"] == worker.pid and isinstance(beat["client_id"], int)
         assert any(int(c["id"]) == beat["client_id"] for c in r.client_list())
+        # given back with the delivery before this worker's (it never started them) ...
+        assert wait_until(lambda: parked(r) or None, 5) == {ids[1]: 1, ids[2]: 1}
+        # ... the spawner woken, and only the job in hand still this worker's
+        assert r.xrevrange(keys.wake("testhost"), count=1)[0][1] == {"entries": "2"}
+        assert pending_ids(r) == [ids[0]]
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=10) == 0
     finally:
         worker.kill()
-    assert r.smembers("test:done") == {"quick", "long"}  # long finished, though SIGTERM came
-    started = r.lrange("test:started", 0, -1)
-    assert started == [f"quick {CONSUMER}", f"long {CONSUMER}"]  # b, c never started
-    assert pending_ids(r) == ids[2:]  # read with "long", left for the next worker
-    assert r.get(keys.in_hand(CONSUMER)) == ""  # ... and none of their deliveries counts
+    assert r.smembers("test:done") == {"long"}  # long finished, though SIGTERM came
+    assert r.lrange("test:started", 0, -1) == [f"long {CONSUMER}"]  # b, c not started here
+    assert pending_ids(r) == []
     assert r.get(keys.worker_heartbeat(CONSUMER)) is None  # withdrawn on exit
+
+
+def test_sigterm_between_quick_jobs_leaves_the_rest_pending_uncounted(
+    redis_url: str, r: TextRedis, tmp_path: Path
+) -> None:
+    """Stopped between two jobs of one read, the worker leaves the rest
+    pending on itself, marked as never started (the spawner passes them on
+    uncounted when it exits)."""
+    ids = add(r, *({"id": f"j{i}", "action": "sleep", "seconds": 0.002} for i in range(400)))
+    worker = start_worker(redis_url, tmp_path, ORCH_BATCH_SIZE="100")
+    try:
+        wait_until(lambda: r.llen("test:started") >= 50, 15)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=10) == 0
+    finally:
+        worker.kill()
+    done = r.smembers("test:done")
+    assert len(r.lrange("test:started", 0, -1)) == len(done) < 400  # none was cut short
+    left, lag = pending_ids(r), r.xinfo_groups(STREAM)[0]["lag"]
+    assert len(done) + len(left) + lag == len(ids)  # the rest: pending or never delivered
+    if left:  # stopped between two jobs of a read: none of the rest counts as attempted
+        assert r.get(keys.in_hand(CONSUMER)) == ""
 
 
 def test_the_worker_stops_taking_work_before_its_deadline(

@@ -4,7 +4,9 @@ It holds the worker's pid and the Redis client id of its reading
 connection (so the spawner can cut a blocking read short with ``CLIENT
 UNBLOCK`` when it hands the worker recovered entries), the jobs in hand,
 and whether the worker gives its slot up on SIGUSR1. It lives
-``HEARTBEAT_TTL_S`` unless renewed, and is deleted on a clean exit.
+``HEARTBEAT_TTL_S`` unless renewed, and is deleted on a clean exit. The same
+thread, on the same connection, gives back entries the worker read ahead
+that wait behind a long job (``readahead``).
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
+from loguru import logger
 
 from orchestrator import keys
 from orchestrator.connections import connect
 from orchestrator.worker.jobs import Job
+from orchestrator.worker.readahead import CHECK_INTERVAL_S, ReadAhead
 from orchestrator.worker.workerenv import Settings
 
 HEARTBEAT_INTERVAL_S = 2.0
@@ -46,10 +50,20 @@ def keep_spare(url: str) -> None:
 class Heartbeat:
     """``orch:worker:<consumer>``: pid, client id, current jobs; TTL'd."""
 
-    def __init__(self, settings: Settings, client_id: int, *, yields: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client_id: int,
+        *,
+        yields: bool = False,
+        ahead: ReadAhead | None = None,
+    ) -> None:
         """``yields``: the process stops after its job in hand on SIGUSR1, so
-        the spawner may ask it to give its slot to another queue."""
+        the spawner may ask it to give its slot to another queue. ``ahead``:
+        the jobs the worker read and has not started, given back when the
+        job in hand runs long."""
         self.s = settings
+        self.ahead = ahead
         self.client: redis.Redis | None = None  # made by the thread: not on the start-up path
         self.key = keys.worker_heartbeat(settings.consumer)
         self.info: dict[str, Any] = {
@@ -81,11 +95,32 @@ class Heartbeat:
         self._connection().set(self.key, payload, px=int(HEARTBEAT_TTL_S * 1000))
 
     def _run(self) -> None:
+        next_beat = 0.0
         while True:
+            now = time.monotonic()
             with contextlib.suppress(redis.RedisError):  # the main loop notices outages
-                self.beat()
-            if self._stop.wait(HEARTBEAT_INTERVAL_S):
+                if now >= next_beat:
+                    next_beat = now + HEARTBEAT_INTERVAL_S
+                    self.beat()
+            if self.ahead is not None and self.ahead.holding:
+                self._give_back(now)
+            wait_s = next_beat - now
+            if self.ahead is not None:
+                wait_s = min(wait_s, CHECK_INTERVAL_S)
+            if self._stop.wait(wait_s):
                 return
+
+    def _give_back(self, now: float) -> None:
+        """Entries waiting behind a long job go back (``readahead``); what
+        fails here is logged, never the end of the heartbeat (the entries
+        then stay this worker's, read again within a second)."""
+        assert self.ahead is not None
+        try:
+            self.ahead.give_back_if_late(self._connection(), now)
+        except redis.RedisError:
+            pass  # the main loop notices outages
+        except Exception:
+            logger.exception(f"{self.s.worker_id}: giving entries back failed")
 
     def stop(self) -> None:
         self._stop.set()

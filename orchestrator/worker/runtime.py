@@ -3,8 +3,9 @@
 Its own pending entries first (work handed to it, or its own failures),
 then new ones: a ``run_worker`` worker reads ahead only what it expects to
 start within ``PREFETCH_WINDOW_S`` (its recent time per job; at first one
-entry), so slow jobs spread over the workers; a batch handler gets up to
-``batch_size`` entries at once. An entry is acknowledged only after its
+entry), and gives back what would wait behind a job that runs long
+(``readahead``), so slow jobs spread over the workers; a batch handler gets
+up to ``batch_size`` entries at once. An entry is acknowledged only after its
 handler succeeded (``acks``). A handler exception is a failed attempt: the
 entry stays pending and is retried, until the delivery count (Redis' own,
 so crashes count too) reaches ``max_attempts`` and it is dead-lettered.
@@ -49,14 +50,9 @@ from orchestrator.worker.jobs import (
     Job,
     Unavailable,
 )
+from orchestrator.worker.readahead import PREFETCH_WINDOW_S, ReadAhead
 from orchestrator.worker.workerenv import Settings
 
-# A ``run_worker`` worker reads ahead only the entries it expects to start
-# within this window, judging by its recent time per job (at first: one
-# entry). Slow jobs are therefore never read ahead, and N jobs on M idle
-# workers start min(N, M) at once; tiny jobs are still read up to
-# ``batch_size`` at a time. (A batch handler starts all it reads at once.)
-PREFETCH_WINDOW_S = 0.02
 OWN_CHECK_INTERVAL_S = 1.0  # re-read our own pending entries at least this often
 # SIGTERM and SIGINT stop a worker after the job in hand; so does SIGUSR1,
 # the spawner's request to give the worker's slot to another queue.
@@ -134,6 +130,7 @@ class WorkerRuntime:
         self.last_work = time.monotonic()
         self.avg_job_s = 0.0
         self.heartbeat: Heartbeat | None = None
+        self.ahead = ReadAhead(settings)  # read, not started: given back when they wait
         self.waiting = False  # in a blocking read for new entries
         self.check_own = True  # read our own pending entries before new ones
         self.own_checked_at = 0.0
@@ -150,7 +147,8 @@ class WorkerRuntime:
             signal.signal(signum, self.request_stop)
         try:
             client_id, jobs = self._first_read()
-            self.heartbeat = Heartbeat(self.s, client_id, yields=True)
+            ahead = self.ahead if self.handle_one is not None else None
+            self.heartbeat = Heartbeat(self.s, client_id, yields=True, ahead=ahead)
             self.heartbeat.start()
             if jobs:
                 self._process(jobs)
@@ -185,9 +183,10 @@ class WorkerRuntime:
             elif time.monotonic() - self.last_work >= self.s.idle_timeout_s:
                 break
         self.acks.finish()
+        given = f", {self.ahead.given_back} given back" if self.ahead.given_back else ""
         logger.info(
             f"{self.s.worker_id}: exiting after {time.monotonic() - self.started:.1f}s, "
-            f"{self.acks.processed} done, {self.failed} failed"
+            f"{self.acks.processed} done, {self.failed} failed{given}"
         )
         return EX_OK
 
@@ -308,78 +307,100 @@ class WorkerRuntime:
         return {str(r["message_id"]): int(r["times_delivered"]) for r in rows}
 
     def _process(self, jobs: list[Job]) -> None:
-        acks = self.acks
+        ready = self._triage(jobs)
+        if self.handle_one is None:
+            self._run_batches(ready)
+        else:
+            self._run_one_by_one(ready)
+        self.acks.flush()
+
+    def _triage(self, jobs: list[Job]) -> list[Job]:
+        """The jobs a handler can run; entries deleted from the stream while
+        pending are acknowledged, those that can never be decoded
+        dead-lettered (neither charges another job)."""
         ready: list[Job] = []
         for job in jobs:
             if not job.fields:  # deleted from the stream while pending
-                acks.ack(job, None)
+                self.acks.ack(job, None)
             elif (problem := _decode(job)) is not None:
-                acks.dead(job, problem)
+                self.acks.dead(job, problem)
             else:
                 ready.append(job)
-        acks.flush()
-        units = self._units(ready)
-        for i, (unit, suspect) in enumerate(units):
-            if i and (self.stopping or self._deadline_near()):
+        self.acks.flush()
+        return ready
+
+    def _suspect(self, job: Job) -> bool:
+        """Delivered before (a retry, or recovered from a dead worker): it
+        runs under the in-hand marker, so that the reaper can tell which
+        entry a crash was running and charge only that one."""
+        return job.attempts > 1 or self.s.max_attempts == 1
+
+    def _run_batches(self, jobs: list[Job]) -> None:
+        """A batch handler: the suspects in one call under the in-hand
+        marker, then the fresh ones in another."""
+        suspects = [j for j in jobs if self._suspect(j)]
+        fresh = [j for j in jobs if not self._suspect(j)]
+        if suspects:
+            self._mark_in_hand(suspects)
+            self._run_handler(suspects)
+            self.acks.flush(clear_in_hand=True)
+            if fresh and (self.stopping or self._deadline_near()):
                 self._release()  # the rest goes back uncounted, via the spawner
-                break
-            if suspect:
-                self.client.set(keys.in_hand(self.s.consumer), " ".join(j.id for j in unit))
-                self._run_handler(unit)
-                acks.flush(clear_in_hand=True)
-            elif not self._run_fresh(unit):
-                self._release()
-                break
-        acks.flush()
+                return
+        if fresh:
+            self._run_handler(fresh)
 
-    def _units(self, jobs: list[Job]) -> list[tuple[list[Job], bool]]:
-        """Suspects first, each marked in hand; then the fresh entries.
-
-        A suspect was delivered before (a retry, or recovered from a dead
-        worker). Running suspects under an in-hand marker lets the reaper
-        tell which entry a crash was running, so only that one is charged.
-        """
-        always = self.s.max_attempts == 1
-        suspects = [j for j in jobs if always or j.attempts > 1]
-        fresh = [j for j in jobs if not (always or j.attempts > 1)]
-        units = [([j], True) for j in suspects] if self.handle_one else [(suspects, True)]
-        return [(u, flag) for u, flag in (*units, (fresh, False)) if u]
-
-    def _run_fresh(self, jobs: list[Job]) -> bool:
-        """Fresh jobs: in one batch call, or one by one through ``handle_one``
-        (the hot path of most workers, kept lean), stopping between two jobs
-        when asked to; False if some were left unstarted."""
-        handle = self.handle_one
-        if handle is None:
-            self._run_handler(jobs)
-            return True
-        heartbeat, spent_s, done = self.heartbeat, 0.0, 0
+    def _run_one_by_one(self, jobs: list[Job]) -> None:
+        """Jobs one at a time, suspects first (each under the in-hand
+        marker), the fresh ones on a lean path (the hot path of most
+        workers). Each is taken from the read-ahead, which gives back those
+        left waiting behind a long job; a stop request or the deadline
+        between two jobs leaves the rest pending for the next worker."""
+        ahead, handle = self.ahead, self.handle_one
+        assert handle is not None
+        ahead.hold(sorted(jobs, key=lambda j: not self._suspect(j)))  # stable
+        spent_s, done, fresh = 0.0, 0, 0
         try:
-            for job in jobs:
+            while ahead.holding:
                 if not self._may_start(done):
-                    return False
-                self._starting((job,))
-                done += 1
-                started = time.monotonic()
-                try:
-                    result = handle(job.data)
-                except (Unavailable, Interrupted):
-                    self._release()  # none of the deliveries this worker holds counts
-                    raise
-                except REDIS_DOWN as exc:  # a Redis the handler uses is down
+                    ahead.hold([])  # not started: given back uncounted, via the spawner
                     self._release()
-                    raise Unavailable(f"Redis: {exc}") from exc
-                except Exception as exc:
-                    self._failed([job], exc)
-                else:
-                    self.acks.ack(job, result, now=self.stopping)
+                    return
+                if (taken := ahead.take()) is None:  # given back meanwhile
+                    return
+                job, started = taken
+                done += 1
+                if self._suspect(job):
+                    self._mark_in_hand([job])
+                    self._run_handler([job], rated=False)
+                    ahead.finished()
+                    self.acks.flush(clear_in_hand=True)
+                    continue
+                self._starting((job,))
+                fresh += 1
+                try:
+                    self._run_one(handle, job)
                 finally:
+                    ahead.finished()
                     spent_s += time.monotonic() - started
         finally:
-            if heartbeat is not None:
-                heartbeat.jobs = ()
-            self._timed(spent_s, done)
-        return True
+            if self.heartbeat is not None:
+                self.heartbeat.jobs = ()
+            self._timed(spent_s, fresh)
+
+    def _run_one(self, handle: Handler, job: Job) -> None:
+        try:
+            result = handle(job.data)
+        except (Unavailable, Interrupted):
+            self._release()  # none of the deliveries this worker holds counts
+            raise
+        except REDIS_DOWN as exc:  # a Redis the handler uses is down
+            self._release()
+            raise Unavailable(f"Redis: {exc}") from exc
+        except Exception as exc:
+            self._failed([job], exc)
+        else:
+            self.acks.ack(job, result, now=self.stopping)
 
     def _may_start(self, done: int) -> bool:
         """May the next job start? Not when asked to stop or near the
@@ -388,6 +409,9 @@ class WorkerRuntime:
         if done and (self.stopping or self._deadline_near()):
             return False
         return self.rate is None or self.rate.wait(1, self)
+
+    def _mark_in_hand(self, jobs: Sequence[Job]) -> None:
+        self.client.set(keys.in_hand(self.s.consumer), " ".join(j.id for j in jobs))
 
     def pause(self, seconds: float) -> bool:
         """Sleep ``seconds`` (a stop signal cuts it short); True if stopping."""
@@ -420,8 +444,10 @@ class WorkerRuntime:
         """Stopping with entries read but not started: none was attempted."""
         self.client.set(keys.in_hand(self.s.consumer), "")
 
-    def _run_handler(self, jobs: list[Job]) -> None:
-        if self.rate is not None and not self.rate.wait(len(jobs), self):
+    def _run_handler(self, jobs: list[Job], *, rated: bool = True) -> None:
+        """``jobs`` in one call of the batch handler; ``rated``: take their
+        tokens first (unless the caller did)."""
+        if rated and self.rate is not None and not self.rate.wait(len(jobs), self):
             self._release()  # stopped while waiting for tokens: none started
             raise Interrupted("stopped while waiting for the rate limit")
         started = time.monotonic()

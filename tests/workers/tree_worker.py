@@ -4,6 +4,10 @@
   daemon (double fork and ``setsid``: re-parented away from the worker's
   tree), write ``<worker> <grandchild> <daemon>`` to TEST_OUT/<id>.tree,
   and never return.
+- ``hang_late``: as ``hang``, but write only ``<worker> <grandchild>`` to
+  TEST_OUT/<id>.tree, and start the daemon when TEST_OUT/<id>.go appears
+  (after the test killed the spawner: no live subreaper catches it), its
+  pid then in TEST_OUT/<id>.daemon.
 - ``daemon``: start such a daemon, write its pid to TEST_OUT/<id>.daemon,
   and finish the job normally.
 """
@@ -44,13 +48,24 @@ def write(name: str, text: str) -> None:
     (OUT / f"{name}.tmp").rename(OUT / name)
 
 
+def hang_late(job_id: str) -> None:
+    child = subprocess.Popen([sys.executable, "-c", IGNORE_TERM])
+    write(f"{job_id}.tree", f"{os.getpid()} {child.pid}")
+    while not (OUT / f"{job_id}.go").exists():
+        time.sleep(0.05)
+    write(f"{job_id}.daemon", str(start_daemon()))
+
+
 def handle(job: dict[str, Any]) -> None:
     job_id = str(job.get("id"))
-    if job.get("action") == "hang":
+    action = job.get("action")
+    if action in ("hang", "hang_late"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        child = subprocess.Popen([sys.executable, "-c", IGNORE_TERM])
-        daemon = start_daemon()
-        write(f"{job_id}.tree", f"{os.getpid()} {child.pid} {daemon}")
+        if action == "hang_late":
+            hang_late(job_id)
+        else:
+            child = subprocess.Popen([sys.executable, "-c", IGNORE_TERM])
+            write(f"{job_id}.tree", f"{os.getpid()} {child.pid} {start_daemon()}")
         while True:
             time.sleep(1)
     write(f"{job_id}.daemon", str(start_daemon()))
