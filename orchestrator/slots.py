@@ -6,7 +6,9 @@ Before a spawner starts workers of such a queue it takes a slot for each
 slot is released when it is gone. A slot is held while its host's
 heartbeat lives (``orch:hosts``, renewed every tick): the slots of a host
 whose heartbeat has expired are freed by the next spawner that takes one,
-never before. Each tick a spawner also publishes how many workers of the
+never before. A spawner frees its own slots that no worker holds: a start
+that failed at once, and (when it adopts its predecessor's workers) those
+of workers gone with a killed spawner of the same host name. Each tick a spawner also publishes how many workers of the
 queue it wants (``orch:demand:<queue>``, written by ``queues.TickProbe`` in
 the tick's one round trip), so
 a host under its fair share (the cap over the hosts that want slots) is
@@ -35,15 +37,17 @@ class GlobalSlots:
         """Slots for the first consumers that may have one; how many."""
         return self._call("take", q, consumers)
 
-    def force(self, q: QueueConfig, consumers: Sequence[str]) -> int:
-        """Record slots for workers that run already (adopted ones)."""
-        return self._call("force", q, consumers)
+    def adopt(self, q: QueueConfig, consumers: Sequence[str]) -> int:
+        """Make these running workers (adopted after a restart) this host's
+        slots of the queue, and free its others (workers gone with the
+        killed spawner before)."""
+        return self._call("adopt", q, consumers)
 
     def release(self, q: QueueConfig, consumers: Sequence[str]) -> int:
         return self._call("release", q, consumers)
 
     def _call(self, mode: str, q: QueueConfig, consumers: Sequence[str]) -> int:
-        if q.global_max_concurrent is None or not consumers:
+        if q.global_max_concurrent is None or (not consumers and mode != "adopt"):
             return len(consumers) if mode != "release" else 0
         argv: list[str | int] = [mode, self.host, q.global_max_concurrent, f"{time.time():.3f}"]
         argv += consumers

@@ -409,9 +409,18 @@ class WorkerSpawner:
             state.parked -= handed
             planned.append(Planned(worker_id, consumer, handed))
         workers, failed = self.workforce.start(self.config, q, planned, state.control.draining)
+        self._failed_starts(q, planned, workers, failed)
+        return workers
+
+    def _failed_starts(
+        self, q: QueueConfig, planned: list[Planned], started: list[Worker], failed: int
+    ) -> None:
+        """Starts that failed free their slots and count for the crash loop."""
+        if failed:
+            up = {w.lease.consumer for w in started}
+            self.slots.release(q, [p.consumer for p in planned if p.consumer not in up])
         for _ in range(failed):
             self._judge(q, START_FAILED, time.monotonic())
-        return workers
 
     def _on_exit(self, gone: Exit, now: float) -> None:
         """A worker is gone: give its work back, judge its program."""
@@ -453,9 +462,8 @@ class WorkerSpawner:
         elif not self.queues[q.name].backoff.in_force(now) and self.slots.take(q, [consumer]):
             planned = [Planned(keys.consumer_worker_id(consumer), consumer, handed)]
             draining = self.queues[q.name].control.draining
-            _, failed = self.workforce.start(self.config, q, planned, draining)
-            for _ in range(failed):
-                self._judge(q, START_FAILED, time.monotonic())
+            started, failed = self.workforce.start(self.config, q, planned, draining)
+            self._failed_starts(q, planned, started, failed)
 
     def _judge(self, q: QueueConfig, facts: scaling.ExitFacts, now: float) -> None:
         """The crash-loop rule on one exit; a backoff logged when it starts."""
@@ -496,7 +504,7 @@ class WorkerSpawner:
             self.workforce.adopt_previous(self.config.queues, self.host, self.recovery.recover)
             for state in self.queues.values():  # they run: they hold their slots
                 adopted = [w.lease.consumer for w in self.fleet.of_queue(state.config.name)]
-                self.slots.force(state.config, adopted)
+                self.slots.adopt(state.config, adopted)
             self.adopted = True
 
     def snapshot(self) -> HostStatus:

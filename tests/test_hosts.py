@@ -67,11 +67,51 @@ def test_a_global_cap_holds_across_hosts_and_a_dead_hosts_slots_wait_for_its_hea
     os.kill(victim.pid, signal.SIGKILL)
     victim.proc.wait()
     others = [sp for sp in procs if sp is not victim]
+    victim_host = victim.config["spawner"]["host"]
+    assert slots_of(r, victim_host) == held  # its slots, as Redis counts them
     while time.time() < expires - 0.2:  # until its heartbeat expires, its slots stay its
         assert sum(live(others)) <= 4 - held, (live(others), held)
         time.sleep(0.05)
     wait_until(lambda: sum(live(others)) == 4, 10)  # then they are taken over
+    assert slots_of(r, victim_host) == 0
+    for _ in range(20):  # and the cap still holds after the takeover
+        assert sum(live(others)) <= 4 and r.hlen(keys.slots("ai_processing")) <= 4
+        time.sleep(0.05)  # the sampling rhythm, not a synchronisation
     assert r.hlen(keys.slots("ai_processing")) <= 4
+
+
+def slots_of(r: TextRedis, host: str) -> int:
+    return sum(1 for h in r.hvals(keys.slots("ai_processing")) if h == host)
+
+
+def test_a_spawner_restarted_under_its_host_name_gets_its_dead_workers_slots_back(
+    redis_url: str, r: TextRedis, spawner_factory: Any
+) -> None:
+    """Killed with its workers, a spawner leaves their slots under its host
+    name; restarted under the same name, it frees them (no slot leaks)."""
+    queues = {
+        "ai_processing": {
+            "script": FLOW,
+            "label": "AI",
+            "max_concurrent": 2,
+            "global_max_concurrent": 2,
+        }
+    }
+    first = spawner_factory(redis_url, queues, name="first", shipped_defaults=True).start()
+    stage(r, [{"id": i, "seconds": 30} for i in range(4)])
+    wait_until(lambda: len(first.live_workers()) == 2 and slots_of(r, "test-first") == 2, 10)
+    first.kill_everything()  # spawner, guard and workers: SIGKILL
+    again = spawner_factory(
+        redis_url, queues, name="again", spawner={"host": "test-first"}, shipped_defaults=True
+    )
+    again.start()
+    # the dead workers' entries and slots go to two new workers
+    wait_until(lambda: len(again.live_workers()) == 2, 15, message=again.text)
+    assert slots_of(r, "test-first") == 2
+    assert set(r.hkeys(keys.slots("ai_processing"))) == {
+        consumer for consumer in r.hkeys(keys.slots("ai_processing")) if "test-first/" in consumer
+    }
+    assert len(r.hkeys(keys.slots("ai_processing"))) == 2
 
 
 def test_a_rate_limit_is_shared_by_every_host_without_bursts(
@@ -99,6 +139,8 @@ def test_a_rate_limit_is_shared_by_every_host_without_bursts(
         assert len(within) <= 5 + 20 + 1, (at, len(within))
     status = cli(procs[0], "status", "--json")
     assert all(q["rate_limit"] == "20/s" for h in json.loads(status)["hosts"] for q in h["queues"])
+    hosts = {line.split()[2].partition("/")[0] for line in r.lrange("flow:started", 0, -1)}
+    assert hosts == {f"test-{h}" for h in HOSTS}  # one bucket, shared by every host
 
 
 def cli(sp: SpawnerProc, *args: str) -> str:
@@ -127,7 +169,7 @@ def test_pause_resume_drain_and_scale_reach_every_host_within_a_tick(
         assert time.monotonic() - written <= tick_s + 0.5
 
     everywhere("AI paused", "pause", "ai_processing")
-    stage(r, [{"id": i, "seconds": 0.05} for i in range(30)])
+    stage(r, [{"id": i, "seconds": 0.3} for i in range(30)])
     watch_until = time.monotonic() + tick_s * 1.5
     while time.monotonic() < watch_until:  # a paused queue starts nothing, however long
         assert r.scard("flow:done") == 0 and sum(live(procs)) == 0
@@ -136,12 +178,16 @@ def test_pause_resume_drain_and_scale_reach_every_host_within_a_tick(
     everywhere("AI scaled: max_concurrent 1", "scale", "ai_processing", "1")
     everywhere("AI resumed", "resume", "ai_processing")
     wait_until(lambda: r.scard("flow:done") >= 3, 10)
-    assert all(n <= 1 for n in live(procs))  # scaled to one a host
+    for _ in range(10):  # scaled to one a host, for as long as it holds
+        assert all(n <= 1 for n in live(procs)), live(procs)
+        time.sleep(0.05)  # the sampling rhythm
     cli(procs[0], "scale", "ai_processing", "--reset")
     drained = cli(procs[0], "drain", "ai_processing", "--timeout", "30")
     assert "drained: nothing held" in drained
     assert all(sp.lines("AI drained") for sp in procs)
     left = r.xinfo_groups("ai_processing")[0]
-    assert left["pending"] == 0 and r.scard("flow:done") + left["lag"] == 30
+    started = r.llen("flow:started")
+    assert left["pending"] == 0 and r.scard("flow:done") == started  # what was held finished
+    assert left["lag"] > 0 and started + left["lag"] == 30  # and nothing new started
     status = json.loads(cli(procs[0], "status", "--json"))
     assert {q["control"] for h in status["hosts"] for q in h["queues"]} == {"drained"}

@@ -3,15 +3,17 @@
 --
 -- KEYS[1] orch:slots:<queue> (consumer -> host), KEYS[2] orch:hosts (host ->
 --   heartbeat expiry), KEYS[3] orch:demand:<queue> (host -> workers wanted)
--- ARGV: mode ("take" | "force" | "release"), host, global max, now (epoch s),
+-- ARGV: mode ("take" | "adopt" | "release"), host, global max, now (epoch s),
 --   then the consumers
 -- A slot is held while its host's heartbeat lives: a dead host's slots are
 -- freed here, once its heartbeat has expired, never before. "take" grants a
 -- slot per consumer while the queue is under its global max and this host
 -- under its fair share (the max over the hosts that want slots), or no
--- other host wants one; "force" records slots whatever the count (workers
--- that run already: adopted after a restart); "release" frees them.
--- Returns the consumers granted (take, force) or freed (release).
+-- other host wants one; "adopt" makes the given consumers this host's slots
+-- whatever the count (workers that run already: adopted after a restart)
+-- and frees its others (workers gone with a killed spawner of this host
+-- name: no slot leaks); "release" frees them.
+-- Returns the consumers granted (take, adopt) or freed (release).
 
 local slots, hosts, demand = KEYS[1], KEYS[2], KEYS[3]
 local mode, host, max, now = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -27,16 +29,22 @@ local function alive(h)
   return expiry and tonumber(expiry) > now
 end
 
+local adopted = {}
+if mode == 'adopt' then
+  for i = 5, #ARGV do adopted[ARGV[i]] = true end
+end
+
 local held, mine, by_host = 0, 0, {}
 local flat = redis.call('HGETALL', slots)
 for i = 1, #flat, 2 do
   local owner = flat[i + 1]
-  if owner == host or alive(owner) then
+  local gone = mode == 'adopt' and owner == host and not adopted[flat[i]]
+  if not gone and (owner == host or alive(owner)) then
     held = held + 1
     by_host[owner] = (by_host[owner] or 0) + 1
     if owner == host then mine = mine + 1 end
   else
-    redis.call('HDEL', slots, flat[i])  -- its host is dead: the slot is free
+    redis.call('HDEL', slots, flat[i])  -- its host (or its worker) is dead: the slot is free
   end
 end
 
@@ -53,7 +61,7 @@ local fair = math.ceil(max / wanting)
 
 local granted = 0
 for i = 5, #ARGV do
-  local ok = mode == 'force' or (held < max and (mine < fair or not others_waiting))
+  local ok = mode == 'adopt' or (held < max and (mine < fair or not others_waiting))
   if not ok then break end
   redis.call('HSET', slots, ARGV[i], host)
   held, mine, granted = held + 1, mine + 1, granted + 1
