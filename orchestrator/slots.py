@@ -8,10 +8,10 @@ heartbeat lives (``orch:hosts``, renewed every tick): the slots of a host
 whose heartbeat has expired are freed by the next spawner that takes one,
 never before. A spawner frees its own slots that no worker holds: a start
 that failed at once, and (when it adopts its predecessor's workers) those
-of workers gone with a killed spawner of the same host name. Each tick a spawner also publishes how many workers of the
-queue it wants (``orch:demand:<queue>``, written by ``queues.TickProbe`` in
-the tick's one round trip), so
-a host under its fair share (the cap over the hosts that want slots) is
+of workers gone with a killed spawner of the same host name. Each tick a
+spawner also publishes how many workers of the queue it wants
+(``orch:demand:<queue>``, written by ``queues.TickProbe`` in the tick's one
+round trip), so a host under its fair share (the cap over the hosts that want slots) is
 served before one over it.
 """
 
