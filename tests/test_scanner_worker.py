@@ -397,6 +397,33 @@ def test_outbox_writes_alerts_dead_letters_and_acks_together(redis_url: str, r: 
     assert dead[ids[1]]["symbol"] == r.xrange(STREAM, ids[1], ids[1])[0][1]["symbol"]
 
 
+def test_the_alert_stream_keeps_its_newest_and_what_a_group_has_not_read(
+    redis_url: str, r: TextRedis
+) -> None:
+    r.xgroup_create(STREAM, GROUP, "0", mkstream=True)
+    r.xgroup_create(ALERTS, "readers", "0", mkstream=True)  # a downstream consumer
+    outbox = Outbox(redis.Redis.from_url(redis_url), STREAM, GROUP, ALERTS, 10)
+
+    def commit_alerts(n: int) -> None:
+        ids = add(r, random_rows(n, 2))
+        r.xreadgroup(GROUP, "me", {STREAM: ">"})
+        alerts = tuple(
+            {"symbol": "S000", "pattern": "BREAKOUT", "confidence": 0.5, "price": 1.0,
+             "tick_id": i, "time": 1.0, "direction": "up"} for i in ids
+        )  # fmt: skip
+        outbox.trim_at = 0.0  # the trim is due (it runs every TRIM_INTERVAL_S)
+        outbox.commit([BatchResult(1, tuple(ids), alerts)])
+
+    commit_alerts(50)
+    assert r.xlen(ALERTS) == 50  # the readers have read none: all kept
+    read = r.xreadgroup("readers", "r1", {ALERTS: ">"}, count=45)[0][1]
+    r.xack(ALERTS, "readers", *(i for i, _ in read[:30]))
+    commit_alerts(5)
+    # newest 10 kept, and nothing the group still needs: from the oldest unacknowledged
+    assert r.xrange(ALERTS, count=1)[0][0] == read[30][0]
+    assert r.xlen(ALERTS) == 55 - 30
+
+
 def test_cooloff_clocks_come_back_from_the_alert_stream(redis_url: str, r: TextRedis) -> None:
     settings = PatternSettings(opening_range_s=300)  # the scripted sequence's
     for symbol, pattern, ts in [

@@ -7,7 +7,9 @@ writes, in one transaction:
    reason it was refused, ``attempts``, ``failed_at``, ``original_id``) and
    per tick of a batch the pool gave up on after repeated crashes, to
    ``<stream>:dead``, as the worker runtime does;
-2. every alert, ``XADD <alert stream> MAXLEN ~ <alert_stream_maxlen>``;
+2. every alert, ``XADD <alert stream>``; every ``TRIM_INTERVAL_S`` also the
+   alert stream's trim to its newest ``alert_stream_maxlen`` entries, which
+   never drops an alert a consumer group still needs (``retention``);
 3. one ``XACK`` of every tick id the results account for: processed
    (including the invalid ones), shed by ``on_backlog_full: shed_oldest``
    (acknowledged *as shed*: counted in ``skipped_backlog``, never
@@ -34,6 +36,8 @@ from orchestrator.apps.scanner.frames import TickId
 from orchestrator.apps.scanner.partitions import GIVE_UP_AFTER_CRASHES
 from orchestrator.apps.scanner.patterns import alert_fields
 from orchestrator.apps.scanner.scanner_pool import BatchResult
+from orchestrator.deadletters import dead_letter_fields
+from orchestrator.retention import TRIM_INTERVAL_S, queue_trim
 from orchestrator.worker import Settings, mark_done
 
 __all__ = ["Committed", "Outbox"]
@@ -68,6 +72,7 @@ class Outbox:
         self.dead_stream = keys.dead_stream(stream)
         self.alert_stream, self.alert_maxlen = alert_stream, alert_maxlen
         self.worker = worker
+        self.trim_at = 0.0  # monotonic: when the alert stream is trimmed next
 
     def commit(self, results: Sequence[BatchResult], gone: Sequence[TickId] = ()) -> Committed:
         """Write and acknowledge ``results`` (see the module doc); what was written."""
@@ -90,12 +95,10 @@ class Outbox:
         for fields in letters:
             pipe.xadd(self.dead_stream, fields)  # type: ignore[arg-type]
         for alert in alerts:
-            pipe.xadd(
-                self.alert_stream,
-                alert_fields(alert),  # type: ignore[arg-type]
-                maxlen=self.alert_maxlen,
-                approximate=True,
-            )
+            pipe.xadd(self.alert_stream, alert_fields(alert))  # type: ignore[arg-type]
+        if alerts and (now := time.monotonic()) >= self.trim_at:
+            self.trim_at = now + TRIM_INTERVAL_S
+            queue_trim(pipe, [(self.alert_stream, self.alert_maxlen)])
         pipe.xack(self.stream, self.group, *ids)
         if self.worker is not None:
             mark_done(pipe, self.worker)
@@ -103,20 +106,12 @@ class Outbox:
         self.worker = None  # reported once
         return Committed(len(ids), len(alerts), len(letters), shed)
 
-    def _dead_letters(self, dead: Sequence[tuple[TickId, str]]) -> list[dict[str, Any]]:
+    def _dead_letters(self, dead: Sequence[tuple[TickId, str]]) -> list[dict[bytes, bytes]]:
         pipe = self.client.pipeline(transaction=False)
         for tick_id, _ in dead:
             pipe.xrange(self.stream, min=tick_id, max=tick_id)
         found = pipe.execute()
-        failed_at = f"{time.time():.3f}"
-        letters: list[dict[str, Any]] = []
-        for (tick_id, reason), rows in zip(dead, found, strict=True):
-            fields = {codec.text(k): v for k, v in rows[0][1].items()} if rows else {}
-            fields.update(
-                error=reason,
-                attempts="1",
-                failed_at=failed_at,
-                original_id=codec.text(tick_id),
-            )
-            letters.append(fields)
-        return letters
+        return [
+            dead_letter_fields(rows[0][1] if rows else {}, reason, 1, codec.text(tick_id))
+            for (tick_id, reason), rows in zip(dead, found, strict=True)
+        ]

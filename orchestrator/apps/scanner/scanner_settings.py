@@ -6,7 +6,7 @@ key, with its default::
 
     scanner:
       alert_stream: alerts:intraday
-      alert_stream_maxlen: 100000    # XADD MAXLEN ~ for the alert stream
+      alert_stream_maxlen: 100000    # alerts kept (newest; what a group needs stays)
       processing_workers: auto       # 70% of CPU cores, at least 1
       processing_workers_max: auto   # CPU cores
       processing_backlog: auto       # max(4 x workers, 100); never below 2 x workers
