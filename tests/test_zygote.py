@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +132,22 @@ def test_the_standby_is_no_worker_and_leaves_with_the_spawner(
     following = wait_until(lambda: [s for s in standbys() if s.pid != standby.pid], 10)[0]
     assert sp.stop() == 0
     assert wait_gone([following.pid], 5.0) == []  # gone with the spawner
+
+
+def test_the_fork_server_and_its_standby_leave_with_a_sigkilled_spawner(
+    redis_url: str, spawner_factory: Any
+) -> None:
+    import psutil
+
+    from orchestrator.procs import wait_gone
+
+    sp = spawner_factory(redis_url, {"ai_processing": report_queue(cooldown=0)}).start()
+
+    def titled(title: str) -> list[psutil.Process]:
+        return [k for k in psutil.Process(sp.pid).children() if process_title(k.pid) == title]
+
+    standby = wait_until(lambda: titled("orch-standby"), 10)[0]
+    server = wait_until(lambda: titled("orch-forkserver"), 10)[0]
+    os.kill(sp.pid, signal.SIGKILL)
+    assert sp.proc is not None and sp.proc.wait(timeout=10) == -signal.SIGKILL
+    assert wait_gone([standby.pid, server.pid], 5.0) == []
