@@ -122,7 +122,11 @@ def batches(
 ) -> Iterator[Any]:
     """``batches(queue=..., batch=...)``: a started spawner for batch jobs."""
 
-    def start(queue: dict[str, Any] | None = None, batch: dict[str, Any] | None = None) -> Batches:
+    def start(
+        queue: dict[str, Any] | None = None,
+        batch: dict[str, Any] | None = None,
+        log: dict[str, Any] | None = None,
+    ) -> Batches:
         batch_queue = {
             "script": WORKER,
             "label": "BATCH",
@@ -133,7 +137,7 @@ def batches(
             "env": {"PYTHONPATH": str(ROOT)},
             **(queue or {}),
         }
-        sp = spawner_factory(redis_url, {"batch_jobs": batch_queue})
+        sp = spawner_factory(redis_url, {"batch_jobs": batch_queue}, log=log)
         section = {
             "data_root": str(candles),
             "results_dir": str(tmp_path / "results"),
@@ -162,6 +166,19 @@ def tree(pid: int) -> list[int]:
 
 
 # ------------------------------------------------------------ end to end
+
+
+def test_json_log_covers_the_batch_worker_and_its_engine(batches: Any) -> None:
+    """With ``log.format: json`` the batch worker's lines, and its engine's
+    about symbols that crash or time out, are JSON objects, one per line."""
+    b = batches(log={"format": "json"})
+    batch_id = b.submit(with_faults({1: "KILL", 2: "RAISE", 3: "SLEEP"}))
+    b.wait_state(batch_id, "done")
+    assert b.sp.stop() == 0
+    lines = [json.loads(line) for line in b.sp.text().splitlines()]
+    assert all(isinstance(o, dict) and o["message"] for o in lines)
+    mine = [o for o in lines if o.get("queue") == "batch_jobs" and o.get("worker_id")]
+    assert [o for o in mine if batch_id in o["message"]]
 
 
 def test_a_batch_gives_the_results_of_a_serial_run(

@@ -115,7 +115,13 @@ def metrics(r: TextRedis) -> dict[str, Any]:
 
 
 def start_scanner(
-    factory: Any, redis_url: str, r: TextRedis, scanner: dict[str, Any], **queue: Any
+    factory: Any,
+    redis_url: str,
+    r: TextRedis,
+    scanner: dict[str, Any],
+    *,
+    log: dict[str, Any] | None = None,
+    **queue: Any,
 ) -> SpawnerProc:
     r.xgroup_create(STREAM, GROUP, "0", mkstream=True)
     q = {
@@ -123,7 +129,7 @@ def start_scanner(
         "max_concurrent": 1, "cooldown": 0, "idle_timeout": 60, "max_runtime": 120,
         "batch_size": 50, **queue,
     }  # fmt: skip
-    sp: SpawnerProc = factory(redis_url, {"scanner": q})
+    sp: SpawnerProc = factory(redis_url, {"scanner": q}, log=log)
     section = {"warmup_history": 100_000, "log_interval": 1, "stall_timeout": 120, **scanner}
     sp.write_config({**sp.config, "scanner": section})
     return sp.start()
@@ -371,6 +377,28 @@ def test_uneven_fields_take_the_slow_path(redis_url: str, r: TextRedis) -> None:
     assert flat_rows([[b"ts", b"4", b"symbol", b"B", b"volume", b"5", b"price", b"6"]]) == [
         (b"B", b"6", b"5", b"4")
     ]
+
+
+def test_json_log_covers_the_scanner_and_its_pool(
+    redis_url: str, r: TextRedis, spawner_factory: Any
+) -> None:
+    """With ``log.format: json`` the scanner's lines, its pool's and a pool
+    process's death are JSON objects too, one per line."""
+    rows = scripted_rows("AAA")[:320]
+    rows.insert(10, ("BAD", "x", "1", str(DAY)))
+    sp = start_scanner(
+        spawner_factory, redis_url, r, {"processing_workers": 2}, log={"format": "json"}
+    )
+    add(r, rows[:5])
+    _, pool = pool_of(sp, 2)
+    os.kill(pool[0].pid, signal.SIGKILL)  # a pool process dies: the scanner says so
+    add(r, rows[5:])
+    wait_until(lambda: all_acked(r, len(rows)), 20, message=sp.text)
+    assert sp.stop() == 0
+    lines = [json.loads(line) for line in sp.text().splitlines()]
+    assert all(isinstance(o, dict) and o["message"] for o in lines)
+    assert [o for o in lines if "ticks acknowledged" in o["message"]]
+    assert [o for o in lines if o.get("queue") == "scanner" and o.get("worker_id")]
 
 
 def test_outbox_writes_alerts_dead_letters_and_acks_together(redis_url: str, r: TextRedis) -> None:
