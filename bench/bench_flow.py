@@ -4,6 +4,10 @@
   key at its default), N = 1..2M, staged and released at once: the wall
   time from their release to the last one done, against the ideal
   ceil(N / M) s, as ideal / wall (1.0 is perfect).
+- slow behind quick: 2,000 jobs of 0 s, then 2M jobs of 1 s, released
+  together: workers that ran the quick jobs read many at a time, and give
+  back what waits behind a slow one. From the first slow job's start to the
+  last one done, against the ideal 2 s (two rounds of M), as ideal / wall.
 - kill storm: 3,000 jobs of 10 ms, M = 3; a random worker that has done
   work is SIGKILLed every 250 ms for 8 s (an OOM killer, an operator). The
   time from the last kill until the queue is drained, against the ideal:
@@ -33,6 +37,7 @@ M = 3
 STORM_JOBS = 3000
 STORM_S = 8.0
 KILL_EVERY_S = 0.25
+QUICK = 2000
 
 
 def config(url: str) -> dict[str, Any]:
@@ -83,6 +88,20 @@ def slow_jobs(r: redis.Redis) -> list[tuple[int, float, float]]:
         rows.append((n, wall, float(math.ceil(n / M))))
         wait_for(lambda: not r.hgetall("orch:leases:bench"), 30)  # workers idled out
     return rows
+
+
+def slow_behind_quick(r: redis.Redis) -> float:
+    """Seconds from the first slow job's start to the last one done."""
+    fresh(r)
+    quick = [{"id": f"q{i}"} for i in range(QUICK)]
+    slow = [{"id": f"s{i}", "seconds": 1.0} for i in range(2 * M)]
+    release(r, quick + slow)
+    wait_for(lambda: done(r) == len(quick) + len(slow), 60, poll_s=0.01)
+    ended = time.time()
+    started = r.hgetall("bench:started").items()
+    first = min(float(t) for k, t in started if str(k).startswith("s"))
+    wait_for(lambda: not r.hgetall("orch:leases:bench"), 30)  # workers idled out
+    return ended - first
 
 
 def workers(r: redis.Redis) -> dict[str, int]:
@@ -142,6 +161,7 @@ def main() -> None:
         with Spawner(Path(tmp), "flow", config(server.url)) as spawner:
             try:
                 rows = slow_jobs(r)
+                behind_s = slow_behind_quick(r)
                 rate = throughput(r)
                 recovery_s = single_kill(r)
                 kills, left, drained_s = storm(r)
@@ -156,6 +176,10 @@ def main() -> None:
         )
     worst = min(ideal / wall for _, wall, ideal in rows)
     print(f"  worst ideal/wall = {worst:.2f}")
+    print(
+        f"slow behind quick: {2 * M} jobs of 1 s after {QUICK} of 0 s: first start to last done "
+        f"{behind_s:.2f} s against ideal 2 s: ideal/wall = {2.0 / behind_s:.2f}"
+    )
     ideal_drain = left / rate
     print(
         f"kill storm: {kills} SIGKILLs over {STORM_S:.0f} s, {left} jobs left at the last; "
