@@ -148,9 +148,11 @@ function renderApps(apps) {
     table.id = `app-${app.key}`;
     const head = table.createTHead().insertRow();
     const withBars = app.rows.some((r) => r.progress !== null);
-    for (const heading of [...app.columns, ...(withBars ? ["progress"] : [])]) {
+    const first = app.rows.length ? app.rows[0].cells : [];
+    for (const [j, heading] of [...app.columns, ...(withBars ? ["progress"] : [])].entries()) {
       const th = document.createElement("th");
       th.textContent = heading;
+      if (typeof first[j] === "number") th.className = "num";
       head.appendChild(th);
     }
     table.appendChild(document.createElement("tbody"));
@@ -225,7 +227,8 @@ function drawChart(figure, history) {
     const opts = {
       width: Math.max(320, holder.clientWidth || 420),
       height: 200,
-      scales: {x: {time: true}},
+      // Always the last hour, however few buckets there are yet.
+      scales: {x: {time: true, range: () => [Date.now() / 1000 - 3600, Date.now() / 1000]}},
       series: [{}, ...queues.map((q, i) => ({
         label: q,
         stroke: COLORS[i % COLORS.length],
