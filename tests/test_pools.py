@@ -30,6 +30,7 @@ from orchestrator.pools import (
     Task,
     dispatch_depth,
     linger_time,
+    plan_grants,
     plan_workers,
 )
 from orchestrator.procs import pid_alive, wait_gone
@@ -313,6 +314,23 @@ def test_plan_workers(state: dict[str, Any], expected: tuple[int, int, int]) -> 
 )
 def test_short_tasks_are_queued_deeper(task_s: float | None, depth: int) -> None:
     assert dispatch_depth(task_s, prefetch=16) == depth
+
+
+@pytest.mark.parametrize(
+    ("held", "holders", "pending", "wanted"),
+    [
+        ([0, 0], 0, 100, [8, 8]),  # a first task each, then topped up to the depth
+        ([3, 8], 2, 100, [8, 8]),  # the shallow one catches up
+        ([0, 0], 0, 1, [1, 0]),  # one task: one worker
+        ([0, 0, 0], 1, 10, [5, 0, 0]),  # slots=2 may hold tasks; a stalled one holds some
+        ([2, 5], 2, 4, [3, 5]),  # guided: no more than a share of what is left
+        ([1, 1], 2, 3, [2, 2]),
+    ],
+)
+def test_dispatch_tops_queues_up_to_their_share(
+    held: list[int], holders: int, pending: int, wanted: list[int]
+) -> None:
+    assert plan_grants(held, holders, slots=2, pending=pending, max_depth=8) == wanted
 
 
 @pytest.mark.parametrize(
