@@ -27,9 +27,10 @@ REACTION_S = 0.05
 which on a loaded machine (the parent waits for a core too) reaches tens of
 milliseconds. Prefetching more only makes tasks wait behind a slow one."""
 
-MAX_LINGER_S = 0.01
+MAX_LINGER_S = 0.02
 """Longest the parent lets results pile up while every worker has work queued:
-one wake-up then handles several results (the parent shares the cores)."""
+one wake-up then handles several results (the parent shares the cores). Well
+under ``REACTION_S``: a worker's queue outlasts it."""
 
 
 @dataclass(frozen=True, slots=True)
