@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -80,10 +81,8 @@ def _hang(action: str, pid_file: Path) -> None:
     elif action == "read":
         r, _w = os.pipe()
         os.read(r, 1)  # nobody writes
-    elif action == "hog":
-        block = bytearray(b"x") * (400 << 20)  # touched, so resident
-        time.sleep(3600)
-        del block
+    elif action in ("hog", "hog_child"):
+        _hog(in_child=action == "hog_child")
     elif action == "daemon":  # and return
         _start_daemon(pid_file.with_suffix(".daemon"))
     elif action == "daemon_then_hang":
@@ -96,6 +95,18 @@ def _hang(action: str, pid_file: Path) -> None:
         child = subprocess.Popen(["sleep", "3600"])
         pid_file.with_suffix(".child").write_text(str(child.pid))
         time.sleep(3600)
+
+
+def _hog(*, in_child: bool) -> None:
+    """Hold 400 MB, or have a subprocess started from a thread hold them."""
+    if in_child:
+        hog = "import time; block = bytearray(b'x') * (400 << 20); time.sleep(3600)"
+        starter = threading.Thread(target=subprocess.Popen, args=([sys.executable, "-c", hog],))
+        starter.start()
+        time.sleep(3600)
+    block = bytearray(b"x") * (400 << 20)  # touched, so resident
+    time.sleep(3600)
+    del block
 
 
 def _start_daemon(pid_file: Path) -> None:
@@ -217,6 +228,13 @@ def test_a_memory_hog_is_killed_at_its_cap(pool: KillablePool, tmp_path: Path) -
     assert outcome.error is not None
     assert re.fullmatch(r"memory limit exceeded: \d+ MB > 250 MB cap", outcome.error)
     assert wait_gone([_read_pid(tmp_path / "hog.pid")], timeout_s=5.0) == []
+
+
+def test_the_memory_cap_counts_the_tasks_subprocesses(pool: KillablePool, tmp_path: Path) -> None:
+    hog = ("hog_child", str(tmp_path / "hog.pid"))
+    (outcome,) = pool.run([Task("hog", hog, timeout_s=20, memory_limit_mb=250)])
+    assert outcome.kind is OutcomeKind.MEMORY
+    assert list(pool.run(_squares(4)))  # the pool goes on
 
 
 # ------------------------------------------------------------------ crashes
