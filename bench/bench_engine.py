@@ -30,12 +30,15 @@ Parallel efficiency = serial / (cores x engine), targets 0.85 (daily) and
 0.9 (intraday); engine/seed is the time ratio (target <= 1); vs map is
 map / engine (target >= 1.0 on the daily batch: the engine, with its
 timeouts, memory caps and crash isolation, as fast as the plain map), and
-async the same for ``process_batch``. Other load on the machine skews
-wall-clock efficiency against the parallel run (one serial process is the
-last to lose its core), so figures less sensitive to it follow: the
-parent's CPU per symbol (the engine's; the map's, its threads included),
-and CPU efficiency = serial CPU / (workers' + parent's CPU), what the
-engine adds to the work (contention still inflates CPU time a little).
+async the same for ``process_batch``; both also as the median of the
+rounds' own ratios, steadier on a shared machine (a round's contenders run
+under the same background load, the bests may come from different rounds).
+Other load on the machine skews wall-clock efficiency against the parallel
+run (one serial process is the last to lose its core), so figures less
+sensitive to it follow: the parent's CPU per symbol (the engine's; the
+map's, its threads included), and CPU efficiency = serial CPU / (workers'
++ parent's CPU), what the engine adds to the work (contention still
+inflates CPU time a little).
 Then the daily batch again with 5 symbols that hang and a 2 s timeout: at
 most the clean run's time + 3 s. Data is generated once, in parallel, and
 cached under ``/tmp`` keyed by its parameters.
@@ -48,6 +51,7 @@ import contextlib
 import functools
 import multiprocessing
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -123,7 +127,7 @@ class Row:
     cores: int
     target: float
     matches: int
-    best: dict[str, float]  # the best of each measure over the rounds (see ``Round``)
+    best: dict[str, float]  # each measure's best over the rounds; median_*: per-round ratios
 
     @property
     def efficiency(self) -> float:
@@ -250,21 +254,19 @@ class Contenders:
         self.engine.close()
         self.serial.close()
 
-    def round(self, best: dict[str, float], flip: bool) -> list[ProcessingResult]:
-        """Time each contender once, keep the best of each measure; the
-        engine's results, once checked against the others'. The engine,
-        its coroutine and the map run back to back, in turn first (``flip``)."""
+    def round(self, flip: bool) -> tuple[dict[str, float], list[ProcessingResult]]:
+        """Time each contender once: the measures, and the engine's results,
+        once checked against the others'. The engine, its coroutine and the
+        map run back to back, in turn first (``flip``)."""
         elapsed_s, cpu_s = self.time_serial(self.symbols)
         measures = {"serial_s": elapsed_s, "serial_cpu_s": cpu_s}
         measures["seed_s"], by_seed = _timed(seed_style, self.executor, self.spec, self.symbols)
         by: dict[str, list[ProcessingResult]] = {"seed": by_seed}
         for contender in (self._map, self._engine, self._async)[:: -1 if flip else 1]:
             contender(measures, by)
-        for name, value in measures.items():
-            best[name] = min(best.get(name, value), value)
         results = by.pop("engine")
         _check_same(results, by)
-        return results
+        return measures, results
 
     def _engine(self, measures: dict[str, float], by: dict[str, list[ProcessingResult]]) -> None:
         engine, by["engine"] = self.time_engine(self.job)
@@ -356,11 +358,17 @@ def compare(name: str, data: Dataset, formula: str, last_bar_only: bool, target:
     )
     contenders = Contenders(data, job, cores)
     best: dict[str, float] = {}
+    paired: dict[str, list[float]] = {"vs_map": [], "async_vs_map": []}
     try:
         for i in range(REPEATS):
-            results = contenders.round(best, flip=i % 2 == 1)
+            measures, results = contenders.round(flip=i % 2 == 1)
+            for key, value in measures.items():
+                best[key] = min(best.get(key, value), value)
+            paired["vs_map"].append(measures["map_s"] / measures["engine_s"])
+            paired["async_vs_map"].append(measures["map_s"] / measures["async_s"])
     finally:
         contenders.close()
+    best |= {f"median_{key}": statistics.median(ratios) for key, ratios in paired.items()}
     errors = [r for r in results if r.error]
     if errors:
         raise RuntimeError(f"{name}: {len(errors)} errors, first: {errors[0].error}")
@@ -432,6 +440,10 @@ def report(
         f"\n{rows[0].name}: the engine (iter_batch) at {speed:.2f}x a chunked executor.map "
         f"(chunksize={MAP_CHUNKSIZE}; target >= {MAP_TARGET:.1f}x) {mark}; "
         f"process_batch at {daily['map_s'] / daily['async_s']:.2f}x"
+    )
+    print(
+        f"(the same, as the median of the {REPEATS} rounds' own ratios: "
+        f"{daily['median_vs_map']:.2f}x, {daily['median_async_vs_map']:.2f}x)"
     )
     extra = hung_s - clean_s
     mark = "ok" if extra <= 3.0 else "MISSED"
