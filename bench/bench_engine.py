@@ -24,7 +24,9 @@ build each result in the parent, as the engine does; each round checks
 that they all found the same matches. A round runs every contender once
 (the engine, async and the map back to back, in turn first), under the
 same background load; jobs, data and warm workers are ready before any
-clock starts, and each figure is the best of ``REPEATS`` rounds.
+clock starts, each contender starts with a collected heap (``gc.collect()``,
+and of the others' runs only what they found kept), and each figure is the
+best of ``REPEATS`` rounds.
 
 Parallel efficiency = serial / (cores x engine), targets 0.85 (daily) and
 0.9 (intraday); engine/seed is the time ratio (target <= 1); vs map is
@@ -38,10 +40,10 @@ run (one serial process is the last to lose its core), so figures less
 sensitive to it follow: the parent's CPU per symbol (the engine's; the
 map's, its threads included), and CPU efficiency = serial CPU / (workers'
 + parent's CPU), what the engine adds to the work (contention still
-inflates CPU time a little).
-Then the daily batch again with 5 symbols that hang and a 2 s timeout: at
-most the clean run's time + 3 s. Data is generated once, in parallel, and
-cached under ``/tmp`` keyed by its parameters.
+inflates CPU time a little). Then the daily batch again with 5 symbols
+that hang and a 2 s timeout: at most the clean run's time + 3 s. Data is
+generated once, in parallel, and cached under ``/tmp`` keyed by its
+parameters.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import multiprocessing
 import os
 import statistics
@@ -57,7 +60,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -254,31 +257,41 @@ class Contenders:
         self.engine.close()
         self.serial.close()
 
-    def round(self, flip: bool) -> tuple[dict[str, float], list[ProcessingResult]]:
-        """Time each contender once: the measures, and the engine's results,
-        once checked against the others'. The engine, its coroutine and the
-        map run back to back, in turn first (``flip``)."""
+    def round(self, flip: bool) -> tuple[dict[str, float], Found]:
+        """Time each contender once: the measures, and what the engine
+        found, once checked against the others'. The engine, its coroutine
+        and the map run back to back, in turn first (``flip``); each starts
+        with a collected heap and only what the others found kept (not
+        their results), so that none pays for another's objects."""
         elapsed_s, cpu_s = self.time_serial(self.symbols)
         measures = {"serial_s": elapsed_s, "serial_cpu_s": cpu_s}
+        gc.collect()
         measures["seed_s"], by_seed = _timed(seed_style, self.executor, self.spec, self.symbols)
-        by: dict[str, list[ProcessingResult]] = {"seed": by_seed}
+        by = {"seed": _found(by_seed)}
+        del by_seed
         for contender in (self._map, self._engine, self._async)[:: -1 if flip else 1]:
+            gc.collect()
             contender(measures, by)
-        results = by.pop("engine")
-        _check_same(results, by)
-        return measures, results
+        found = by.pop("engine")
+        for name, theirs in by.items():
+            if theirs != found:
+                raise RuntimeError(f"the engine's results differ from the {name} run's")
+        return measures, found
 
-    def _engine(self, measures: dict[str, float], by: dict[str, list[ProcessingResult]]) -> None:
-        engine, by["engine"] = self.time_engine(self.job)
+    def _engine(self, measures: dict[str, float], by: dict[str, Found]) -> None:
+        engine, results = self.time_engine(self.job)
         measures |= engine
+        by["engine"] = _found(results)
 
-    def _async(self, measures: dict[str, float], by: dict[str, list[ProcessingResult]]) -> None:
-        measures["async_s"], by["async"] = _timed(self.time_async)
+    def _async(self, measures: dict[str, float], by: dict[str, Found]) -> None:
+        measures["async_s"], results = _timed(self.time_async)
+        by["async"] = _found(results)
 
-    def _map(self, measures: dict[str, float], by: dict[str, list[ProcessingResult]]) -> None:
+    def _map(self, measures: dict[str, float], by: dict[str, Found]) -> None:
         mine = time.process_time()
-        measures["map_s"], by["map"] = _timed(map_style, self.executor, self.spec, self.symbols)
+        measures["map_s"], results = _timed(map_style, self.executor, self.spec, self.symbols)
         measures["map_parent_s"] = time.process_time() - mine
+        by["map"] = _found(results)
 
     def time_serial(self, symbols: Sequence[str]) -> tuple[float, float]:
         """(seconds, CPU seconds) of the serial loop."""
@@ -318,14 +331,12 @@ def _timed(run: Callable[..., T], *args: object) -> tuple[float, T]:
     return time.perf_counter() - started, value
 
 
-def _check_same(
-    results: Sequence[ProcessingResult], others: dict[str, list[ProcessingResult]]
-) -> None:
-    """Every contender found the same matches and errors for every symbol."""
-    ours = sorted((r.symbol, r.matches, r.error) for r in results)
-    for name, theirs in others.items():
-        if sorted((r.symbol, r.matches, r.error) for r in theirs) != ours:
-            raise RuntimeError(f"the engine's results differ from the {name} run's")
+Found = list[tuple[str, tuple[datetime, ...], str | None]]
+
+
+def _found(results: Sequence[ProcessingResult]) -> Found:
+    """What a run found, to compare with another's: (symbol, matches, error)."""
+    return sorted((r.symbol, r.matches, r.error) for r in results)
 
 
 def _cpu_s(process: psutil.Process) -> float:
@@ -361,7 +372,7 @@ def compare(name: str, data: Dataset, formula: str, last_bar_only: bool, target:
     paired: dict[str, list[float]] = {"vs_map": [], "async_vs_map": []}
     try:
         for i in range(REPEATS):
-            measures, results = contenders.round(flip=i % 2 == 1)
+            measures, found = contenders.round(flip=i % 2 == 1)
             for key, value in measures.items():
                 best[key] = min(best.get(key, value), value)
             paired["vs_map"].append(measures["map_s"] / measures["engine_s"])
@@ -369,10 +380,10 @@ def compare(name: str, data: Dataset, formula: str, last_bar_only: bool, target:
     finally:
         contenders.close()
     best |= {f"median_{key}": statistics.median(ratios) for key, ratios in paired.items()}
-    errors = [r for r in results if r.error]
+    errors = [error for _, _, error in found if error]
     if errors:
-        raise RuntimeError(f"{name}: {len(errors)} errors, first: {errors[0].error}")
-    matches = sum(len(r.matches) for r in results)
+        raise RuntimeError(f"{name}: {len(errors)} errors, first: {errors[0]}")
+    matches = sum(len(times) for _, times, _ in found)
     return Row(name, f"{len(data.symbols)} x {data.bars}", cores, target, matches, best)
 
 
