@@ -38,12 +38,14 @@ under the same background load, the bests may come from different rounds).
 Other load on the machine skews wall-clock efficiency against the parallel
 run (one serial process is the last to lose its core), so figures less
 sensitive to it follow: the parent's CPU per symbol (the engine's; the
-map's, its threads included), and CPU efficiency = serial CPU / (workers'
-+ parent's CPU), what the engine adds to the work (contention still
-inflates CPU time a little). Then the daily batch again with 5 symbols
+map's, its threads included), CPU efficiency = serial CPU / (workers' +
+parent's CPU), what the engine adds to the work (contention still inflates
+CPU time a little), and cpu/map, the engine's CPU (workers' and parent's)
+over the map's. Then the daily batch again with 5 symbols
 that hang and a 2 s timeout: at most the clean run's time + 3 s. Data is
 generated once, in parallel, and cached under ``/tmp`` keyed by its
 parameters.
+
 """
 
 from __future__ import annotations
@@ -288,9 +290,11 @@ class Contenders:
         by["async"] = _found(results)
 
     def _map(self, measures: dict[str, float], by: dict[str, Found]) -> None:
+        workers = _cpu_now(list(self.executor._processes))
         mine = time.process_time()
         measures["map_s"], results = _timed(map_style, self.executor, self.spec, self.symbols)
         measures["map_parent_s"] = time.process_time() - mine
+        measures["map_cpu_s"] = measures["map_parent_s"] + _cpu_since(workers)
         by["map"] = _found(results)
 
     def time_serial(self, symbols: Sequence[str]) -> tuple[float, float]:
@@ -431,7 +435,7 @@ def report(
         f"\n{'batch':<9}{'symbols x bars':>16}{'serial s':>10}{'engine s':>10}"
         f"{'efficiency':>12}{'target':>8}{'async s':>9}{'seed s':>8}{'engine/seed':>13}"
         f"{'map s':>7}{'vs map':>8}{'async':>7}{'matches':>9}{'parent us/sym':>15}"
-        f"{'map us/sym':>12}{'cpu eff':>9}"
+        f"{'map us/sym':>12}{'cpu eff':>9}{'cpu/map':>9}"
     )
     for row in rows:
         b = row.best
@@ -443,6 +447,7 @@ def report(
             f"{b['map_s'] / b['engine_s']:>7.2f}x{b['map_s'] / b['async_s']:>6.2f}x"
             f"{row.matches:>9}{row.per_symbol_us('parent_s'):>15.0f}"
             f"{row.per_symbol_us('map_parent_s'):>12.0f}{row.cpu_efficiency:>9.2f}"
+            f"{b['engine_cpu_s'] / b['map_cpu_s']:>8.2f}x"
         )
     daily = rows[0].best
     speed = daily["map_s"] / daily["engine_s"]
