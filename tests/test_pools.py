@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from orchestrator.pools import (
     Task,
     dispatch_depth,
     linger_time,
+    plan_grants,
     plan_workers,
 )
 from orchestrator.procs import pid_alive, wait_gone
@@ -79,10 +81,8 @@ def _hang(action: str, pid_file: Path) -> None:
     elif action == "read":
         r, _w = os.pipe()
         os.read(r, 1)  # nobody writes
-    elif action == "hog":
-        block = bytearray(b"x") * (400 << 20)  # touched, so resident
-        time.sleep(3600)
-        del block
+    elif action in ("hog", "hog_child"):
+        _hog(in_child=action == "hog_child")
     elif action == "daemon":  # and return
         _start_daemon(pid_file.with_suffix(".daemon"))
     elif action == "daemon_then_hang":
@@ -95,6 +95,18 @@ def _hang(action: str, pid_file: Path) -> None:
         child = subprocess.Popen(["sleep", "3600"])
         pid_file.with_suffix(".child").write_text(str(child.pid))
         time.sleep(3600)
+
+
+def _hog(*, in_child: bool) -> None:
+    """Hold 400 MB, or have a subprocess started from a thread hold them."""
+    if in_child:
+        hog = "import time; block = bytearray(b'x') * (400 << 20); time.sleep(3600)"
+        starter = threading.Thread(target=subprocess.Popen, args=([sys.executable, "-c", hog],))
+        starter.start()
+        time.sleep(3600)
+    block = bytearray(b"x") * (400 << 20)  # touched, so resident
+    time.sleep(3600)
+    del block
 
 
 def _start_daemon(pid_file: Path) -> None:
@@ -218,6 +230,13 @@ def test_a_memory_hog_is_killed_at_its_cap(pool: KillablePool, tmp_path: Path) -
     assert wait_gone([_read_pid(tmp_path / "hog.pid")], timeout_s=5.0) == []
 
 
+def test_the_memory_cap_counts_the_tasks_subprocesses(pool: KillablePool, tmp_path: Path) -> None:
+    hog = ("hog_child", str(tmp_path / "hog.pid"))
+    (outcome,) = pool.run([Task("hog", hog, timeout_s=20, memory_limit_mb=250)])
+    assert outcome.kind is OutcomeKind.MEMORY
+    assert list(pool.run(_squares(4)))  # the pool goes on
+
+
 # ------------------------------------------------------------------ crashes
 
 
@@ -313,6 +332,23 @@ def test_plan_workers(state: dict[str, Any], expected: tuple[int, int, int]) -> 
 )
 def test_short_tasks_are_queued_deeper(task_s: float | None, depth: int) -> None:
     assert dispatch_depth(task_s, prefetch=16) == depth
+
+
+@pytest.mark.parametrize(
+    ("held", "holders", "pending", "wanted"),
+    [
+        ([0, 0], 0, 100, [8, 8]),  # a first task each, then topped up to the depth
+        ([3, 8], 2, 100, [8, 8]),  # the shallow one catches up
+        ([0, 0], 0, 1, [1, 0]),  # one task: one worker
+        ([0, 0, 0], 1, 10, [5, 0, 0]),  # slots=2 may hold tasks; a stalled one holds some
+        ([2, 5], 2, 4, [3, 5]),  # guided: no more than a share of what is left
+        ([1, 1], 2, 3, [2, 2]),
+    ],
+)
+def test_dispatch_tops_queues_up_to_their_share(
+    held: list[int], holders: int, pending: int, wanted: list[int]
+) -> None:
+    assert plan_grants(held, holders, slots=2, pending=pending, max_depth=8) == wanted
 
 
 @pytest.mark.parametrize(

@@ -72,6 +72,7 @@ from orchestrator.pools.decisions import (
     WorkerPlan,
     dispatch_depth,
     linger_time,
+    plan_grants,
     plan_workers,
 )
 from orchestrator.pools.forker import launcher_main
@@ -112,5 +113,6 @@ __all__ = [
     "dispatch_depth",
     "launcher_main",
     "linger_time",
+    "plan_grants",
     "plan_workers",
 ]

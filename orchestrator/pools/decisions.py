@@ -2,6 +2,7 @@
 
 No processes, no sockets: ``plan_workers`` says how many workers to start
 or retire, ``dispatch_depth`` how many tasks a worker may hold,
+``plan_grants`` how many each worker is given now,
 ``linger_time`` how long results may pile up before the parent looks. The
 pool acts on them (``pool``), and they are tested on their own.
 """
@@ -17,6 +18,7 @@ __all__ = [
     "WorkerPlan",
     "dispatch_depth",
     "linger_time",
+    "plan_grants",
     "plan_workers",
 ]
 
@@ -25,9 +27,10 @@ REACTION_S = 0.05
 which on a loaded machine (the parent waits for a core too) reaches tens of
 milliseconds. Prefetching more only makes tasks wait behind a slow one."""
 
-MAX_LINGER_S = 0.01
+MAX_LINGER_S = 0.02
 """Longest the parent lets results pile up while every worker has work queued:
-one wake-up then handles several results (the parent shares the cores)."""
+one wake-up then handles several results (the parent shares the cores). Well
+under ``REACTION_S``: a worker's queue outlasts it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,25 @@ def dispatch_depth(task_s: float | None, prefetch: int) -> int:
     if task_s is None:
         return prefetch
     return max(1, min(prefetch, 1 + int(REACTION_S / max(task_s, 1e-6))))
+
+
+def plan_grants(
+    held: Sequence[int], holders: int, slots: int, pending: int, max_depth: int
+) -> list[int]:
+    """How many tasks each ready worker should hold once topped up (``held``:
+    what each holds now; ``holders``: the live workers holding any).
+
+    Idle ones get a first task while fewer than ``slots`` workers hold some;
+    then those holding tasks are raised to ``max_depth`` but never beyond
+    their share of the ``pending`` tasks left (guided self-scheduling: queues
+    shrink as a batch drains, so the workers finish together). The shares
+    never add up to more than ``pending``."""
+    wanted = list(held)
+    for i, count in enumerate(wanted):
+        if pending and not count and holders < slots:
+            wanted[i], holders, pending = 1, holders + 1, pending - 1
+    depth = min(1 + pending // max(1, holders), max_depth)
+    return [max(count, depth) if count else 0 for count in wanted]
 
 
 def linger_time(task_s: float | None, queued: Sequence[int]) -> float:

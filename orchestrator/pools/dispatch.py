@@ -1,8 +1,9 @@
 """Giving a batch's tasks to workers, and taking them back.
 
-``dispatch`` fills the workers' queues (the depth comes from
-``decisions.dispatch_depth``); ``revoke_queued`` takes back the tasks
-queued behind a stalled worker's running one; ``requeue`` gives back all a
+``dispatch`` fills the workers' queues (how deep: ``decisions.dispatch_depth``;
+who gets how many: ``decisions.plan_grants``), one message per worker;
+``revoke_queued`` takes back the tasks queued behind a stalled worker's
+running one; ``requeue`` gives back all a
 worker held (it died or was killed). None of them waits: a worker whose
 socket fails is handed to ``lost`` and the launcher reports how it ended.
 """
@@ -13,6 +14,7 @@ import contextlib
 from collections import deque
 from collections.abc import Callable, Sequence
 
+from orchestrator.pools.decisions import plan_grants
 from orchestrator.pools.records import Assigned, PoolRun, Worker, WorkerState
 
 __all__ = ["assign", "dispatch", "requeue", "revoke_queued"]
@@ -23,24 +25,19 @@ Lost = Callable[[Worker], None]
 def dispatch(
     batch: PoolRun, live: Sequence[Worker], slots: int, max_depth: int, now: float, lost: Lost
 ) -> None:
-    """Idle workers get a first task while fewer than ``slots`` hold
-    some; then every running, unstalled worker is topped up, breadth
-    first, to ``max_depth`` (``dispatch_depth``) but never beyond its share
-    of what is left (guided self-scheduling: queues shrink as the batch
-    drains, so the workers finish together)."""
-    holders = sum(1 for w in live if w.inflight)
+    """Give out pending tasks as ``decisions.plan_grants`` says: a first
+    task to idle workers while fewer than ``slots`` hold some, then every
+    running, unstalled worker topped up to ``max_depth`` but never beyond
+    its share of what is left. What a worker gets goes out in one message."""
+    if not batch.pending:
+        return
     ready = [w for w in live if w.state is WorkerState.READY and not w.stalled]
-    for worker in ready:
-        if batch.pending and not worker.inflight and holders < slots:
-            assign(worker, batch, 1, now, lost)
-            holders += 1
-    share = 1 + len(batch.pending) // max(1, holders)
-    for depth in range(2, min(share, max_depth) + 1):
-        for worker in ready:
-            if not batch.pending:
-                return
-            if 0 < len(worker.inflight) < depth and worker.state is WorkerState.READY:
-                assign(worker, batch, depth - len(worker.inflight), now, lost)
+    holders = sum(1 for w in live if w.inflight)
+    held = [len(w.inflight) for w in ready]
+    grants = plan_grants(held, holders, slots, len(batch.pending), max_depth)
+    for worker, has, gets in zip(ready, held, grants, strict=True):
+        if gets > has:
+            assign(worker, batch, gets - has, now, lost)
 
 
 def assign(worker: Worker, batch: PoolRun, n: int, now: float, lost: Lost) -> None:

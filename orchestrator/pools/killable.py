@@ -157,10 +157,13 @@ class KillablePool:
         if launcher is not None and launcher.has_exits:
             timeout = 0.0
         linger = self._linger_s()
-        if linger and (timeout is None or timeout > linger) and launcher is not None:
-            # Results may wait a moment; an abort or a death may not.
-            select.select([self._wake_r, launcher.fileno()], [], [], linger)
-            timeout = None if timeout is None else timeout - linger
+        if linger and timeout != 0.0 and launcher is not None:
+            # Results may wait a moment (up to the next deadline: lingering
+            # less would only mean waking at once for results already in);
+            # an abort or a death may not.
+            pause = linger if timeout is None else min(linger, timeout)
+            select.select([self._wake_r, launcher.fileno()], [], [], pause)
+            timeout = None if timeout is None else timeout - pause
         for key, _ in self._selector.select(timeout):
             if isinstance(key.data, Worker):
                 self._on_readable(key.data)
@@ -270,18 +273,28 @@ class KillablePool:
                 return []
             wake.append(head.started_s + timeout_s)
         if limit_mb is not None:
-            if now >= worker.next_sample_s:
-                error = rss_over(worker, limit_mb)
-                if error is not None:
-                    self._kill(worker, OutcomeKind.MEMORY, error)
-                    return []
-                worker.next_sample_s = now + self.settings.sample_interval_s
+            if not self._police_memory(worker, limit_mb, now):
+                return []
             wake.append(worker.next_sample_s)
         if self.settings.stall_after_s is not None:
             wake.append(probe_stall(worker, head.started_s, now, self.settings.stall_after_s / 2))
             if worker.stalled and len(worker.inflight) > 1:
                 revoke_queued(worker, self._batch)
         return wake
+
+    def _police_memory(self, worker: Worker, limit_mb: float, now: float) -> bool:
+        """Sample the worker tree's RSS when due, or nearly (within a quarter
+        period: samples then fall on the wake-ups results cause, rather than
+        causing their own); kill it if over ``limit_mb``. False if killed."""
+        interval_s = self.settings.sample_interval_s
+        if now < worker.next_sample_s - interval_s / 4:
+            return True
+        error = rss_over(worker, limit_mb)
+        if error is not None:
+            self._kill(worker, OutcomeKind.MEMORY, error)
+            return False
+        worker.next_sample_s = now + interval_s
+        return True
 
     # ---- acting on workers
 

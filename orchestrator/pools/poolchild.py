@@ -1,8 +1,9 @@
 """The worker side: what a pool worker process runs once forked.
 
 ``worker_main`` runs ``worker_init``, says it is ready, then serves tasks in
-order: between two, it takes in what the parent sent (more tasks, a new
-batch context, tasks revoked from its queue, stop). Each task's reply
+order: between two (at most every ``LOOK_EVERY_S``, and whenever its queue
+is empty), it takes in what the parent sent (more tasks, a new batch
+context, tasks revoked from its queue, stop). Each task's reply
 carries its result or its error (``describe_exception``) and the monotonic
 time it ended, by which the parent times the next one.
 
@@ -35,6 +36,7 @@ from orchestrator.procs import set_subreaper, snapshot_tree
 __all__ = ["Leftovers", "describe_exception", "resolve", "worker_main"]
 
 _MAX_SWEEPS = 20  # rounds of kill-and-reap; each catches the orphans of the last
+LOOK_EVERY_S = 0.005  # with tasks queued, how often a worker reads what the parent sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,33 +117,52 @@ def worker_main(
 
 
 def _serve_tasks(channel: Channel, target: Callable[..., Any], leftovers: Leftovers) -> int:
-    """Run tasks in order; between two, take in what the parent sent
-    (more tasks, a new context, tasks revoked from this queue, stop)."""
-    context: object = None
-    queue: deque[tuple[int, object]] = deque()
+    """Run tasks in order; take in what the parent sent (more tasks, a new
+    context, tasks revoked from this queue, stop) whenever the queue is
+    empty (waiting for it) and between two tasks, at most every
+    ``LOOK_EVERY_S``: sooner would only cost a system call per task of a
+    few milliseconds, for nothing (a revoke follows a task that ran far
+    longer; new tasks come before the queue runs out)."""
+    inbox = _Inbox()
+    looked_s = -LOOK_EVERY_S
     while True:
+        if not inbox.queue or time.monotonic() - looked_s >= LOOK_EVERY_S:
+            if not inbox.take_in(channel):
+                return 0
+            looked_s = time.monotonic()
+        if inbox.queue:
+            seq, payload = inbox.queue.popleft()
+            reply = _run_task(target, inbox.context, seq, payload)
+            leftovers.end()  # before the reply: the next task starts clean
+            _send_reply(channel, reply)
+
+
+class _Inbox:
+    """What the parent sent a worker: the batch context and the tasks queued."""
+
+    def __init__(self) -> None:
+        self.context: object = None
+        self.queue: deque[tuple[int, object]] = deque()
+
+    def take_in(self, channel: Channel) -> bool:
+        """All that came (waiting for something while the queue is empty);
+        False when told to stop, or when the parent is gone."""
         try:
-            messages = [] if queue else [channel.receive()]  # idle: wait for something
+            messages = [] if self.queue else [channel.receive()]
         except EOFError:
-            return 0
+            return False
         messages += channel.receive_ready()  # all that came: a revoke may follow tasks
         for message in messages:
             if message[0] == "stop":
-                return 0
+                return False
             if message[0] == "context":
-                context = _load_context(message[1])
+                self.context = _load_context(message[1])
             elif message[0] == "tasks":
-                queue.extend(message[1])
+                self.queue.extend(message[1])
             elif message[0] == "revoke":
                 revoked = set(message[1])
-                queue = deque(item for item in queue if item[0] not in revoked)
-        if channel.eof:
-            return 0
-        if queue:
-            seq, payload = queue.popleft()
-            reply = _run_task(target, context, seq, payload)
-            leftovers.end()  # before the reply: the next task starts clean
-            _send_reply(channel, reply)
+                self.queue = deque(item for item in self.queue if item[0] not in revoked)
+        return not channel.eof
 
 
 def _send_reply(channel: Channel, reply: tuple[str, int, bool, object, float, float]) -> None:

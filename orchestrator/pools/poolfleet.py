@@ -108,6 +108,9 @@ class Fleet:
         if worker.channel.sock.fileno() >= 0:
             self.selector.unregister(worker.channel.fileno())
             worker.channel.close()
+        if worker.rss is not None:
+            worker.rss.close()
+            worker.rss = None
 
     def relaunch(self, wake_fd: int) -> list[Worker]:
         """The launcher died: its workers cannot be reaped any more. Kill

@@ -1,7 +1,7 @@
 """Measuring a running task's worker: is it stalled, is it over its memory cap.
 
 Both sample the worker's process (and, for memory, its descendants, found
-through ``/proc/PID/task/TID/children``: tens of microseconds, where
+through ``/proc/PID/task/TID/children`` by ``TreeRss``: microseconds, where
 psutil's scan of every process on the host takes milliseconds).
 """
 
@@ -12,7 +12,8 @@ import contextlib
 import psutil
 
 from orchestrator.pools.records import Worker
-from orchestrator.procs import descendants, snapshot_tree
+from orchestrator.pools.treerss import TreeRss
+from orchestrator.procs import snapshot_tree
 
 __all__ = ["STALL_CPU_FRACTION", "probe_stall", "rss_over"]
 
@@ -48,7 +49,7 @@ def probe_stall(worker: Worker, started_s: float, now: float, half_s: float) -> 
 def rss_over(worker: Worker, limit_mb: float) -> str | None:
     """The error for a worker tree over ``limit_mb``, else None."""
     try:
-        rss_mb = _tree_rss_bytes(worker.proc) / 2**20
+        rss_mb = _tree_rss_bytes(worker) / 2**20
     except psutil.Error:
         return None
     if rss_mb <= limit_mb:
@@ -56,18 +57,16 @@ def rss_over(worker: Worker, limit_mb: float) -> str | None:
     return f"memory limit exceeded: {rss_mb:.0f} MB > {limit_mb:g} MB cap"
 
 
-def _tree_rss_bytes(proc: psutil.Process) -> int:
-    """RSS of a process and its descendants.
-
-    Descendants come from ``/proc/PID/task/TID/children`` (tens of
-    microseconds) rather than psutil's scan of every process on the host
-    (milliseconds), since this runs every ``sample_interval_s``.
-    """
-    total = proc.memory_info().rss
-    kids = descendants(proc.pid)
-    if kids is None:  # a kernel without the children file
-        kids = [p.pid for p in snapshot_tree(proc.pid)[1:]]
-    for pid in kids:
+def _tree_rss_bytes(worker: Worker) -> int:
+    """RSS of a worker and its descendants: through its ``TreeRss`` (files
+    kept open, since this runs every ``sample_interval_s``), or on a kernel
+    without ``/proc/PID/task/TID/children`` by psutil's scan of every process."""
+    if worker.rss is None and TreeRss.supported(worker.pid):
+        worker.rss = TreeRss(worker.pid)
+    if worker.rss is not None:
+        return worker.rss.total()
+    total = worker.proc.memory_info().rss
+    for proc in snapshot_tree(worker.pid)[1:]:
         with contextlib.suppress(psutil.Error):
-            total += psutil.Process(pid).memory_info().rss
+            total += proc.memory_info().rss
     return int(total)

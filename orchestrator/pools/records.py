@@ -17,6 +17,7 @@ from enum import StrEnum
 import psutil
 
 from orchestrator.pools.pooltypes import Outcome, OutcomeKind, Task
+from orchestrator.pools.treerss import TreeRss
 from orchestrator.pools.wire import Channel
 
 __all__ = ["Assigned", "PoolRun", "Worker", "WorkerState"]
@@ -52,6 +53,7 @@ class Worker:
     cpu_mark: tuple[float, float] | None = None  # (monotonic, cpu seconds)
     stalled: bool = False
     stolen: dict[int, Assigned] = field(default_factory=dict)  # revoked from its queue
+    rss: TreeRss | None = None  # its memory probe, opened at the first sample
 
     @property
     def live(self) -> bool:

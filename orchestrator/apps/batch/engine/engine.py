@@ -43,7 +43,7 @@ from orchestrator.pools import (
 __all__ = ["PREFETCH", "RELAY_INTERVAL_S", "TIMEOUT_ERROR", "ProcessingEngine"]
 
 TIMEOUT_ERROR = "Processing timeout"
-PREFETCH = 16  # at most; pools.dispatch_depth holds ~50 ms of work per worker
+PREFETCH = 64  # at most: pools.dispatch_depth holds ~50 ms of work (~40 daily symbols)
 RELAY_INTERVAL_S = 0.02  # progress reaches the event loop at most 50 times a second
 ProgressCallback = Callable[[int, int], None]
 

@@ -30,6 +30,8 @@ from orchestrator.pools import describe_exception
 
 __all__ = ["ScanSpec", "SymbolScan", "scan_serially", "scan_symbol", "warm_up"]
 
+_MICROS = np.dtype("datetime64[us]")  # how match times cross the pipe (a dtype object: no parsing)
+
 
 @dataclass(frozen=True, slots=True)
 class ScanSpec:
@@ -62,15 +64,14 @@ class SymbolScan:
         return tuple(self.matches.tolist())
 
     def __reduce__(self) -> tuple[Callable[..., SymbolScan], tuple[object, ...]]:
-        stamps = self.matches.astype("datetime64[us]", copy=False).view(np.int64).tobytes()
+        stamps = self.matches.astype(_MICROS, copy=False).tobytes()
         return (_unpickle_scan, (stamps, self.indicators, self.formula_error))
 
 
 def _unpickle_scan(
     stamps: bytes, indicators: dict[str, float | None], formula_error: FormulaError | None
 ) -> SymbolScan:
-    matches = np.frombuffer(stamps, dtype=np.int64).view("datetime64[us]")
-    return SymbolScan(matches, indicators, formula_error)
+    return SymbolScan(np.frombuffer(stamps, dtype=_MICROS), indicators, formula_error)
 
 
 def scan_symbol(spec: ScanSpec, symbol: str) -> SymbolScan:
