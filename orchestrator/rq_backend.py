@@ -38,7 +38,7 @@ from rq.serializers import DefaultSerializer, JSONSerializer
 
 from orchestrator import codec, procs
 from orchestrator.connections import connect
-from orchestrator.deadletters import DeadLetter
+from orchestrator.deadletters import DeadLetter, dead_letter_record
 
 if TYPE_CHECKING:
     from orchestrator.config import QueueConfig
@@ -206,8 +206,7 @@ def _as_dead_letter(job_id: str, job: Job | None, queue: QueueConfig) -> DeadLet
     # OrchestratedWorker gave it max_attempts - 1 retries when it first started
     left = job.retries_left
     attempts = 1 if left is None else max(1, queue.max_attempts - left)
-    fields = {"error": error, "attempts": str(attempts), "failed_at": f"{ended:.3f}"}
-    return DeadLetter(job_id, {**call, **fields, "original_id": job_id})
+    return DeadLetter(job_id, dead_letter_record(call, error, attempts, job_id, failed_at=ended))
 
 
 def _last_line(text: str) -> str:
