@@ -24,9 +24,9 @@ from typing import Any
 
 from orchestrator import keys, procs, scaling
 from orchestrator.config import RQ_WORKER_ARGV, Backend, Config, QueueConfig
-from orchestrator.fleet import Fleet, StopReason, Worker
+from orchestrator.fleet import StopReason, Worker, WorkerFleet
 from orchestrator.guard import Guard
-from orchestrator.launcher import Launcher
+from orchestrator.launcher import WorkerLauncher
 from orchestrator.leases import Lease, LeaseBook, left_behind, process_create_time
 from orchestrator.messages import SpawnerLog
 from orchestrator.procs import ExitStatus
@@ -54,10 +54,10 @@ class Exit:
 
 class Workforce:
     def __init__(self, leases: LeaseBook, log: SpawnerLog, subreaper: bool) -> None:
-        self.fleet = Fleet()
+        self.fleet = WorkerFleet()
         self.leases = leases
         self.log = log
-        self.launcher = Launcher(log.events, subreaper)
+        self.launcher = WorkerLauncher(log.events, subreaper)
         self.guard = Guard() if subreaper else None  # only ``orchestrator run`` keeps one
         self.stop_grace_s = 10.0
         self.redis_url = ""  # the workers' ORCH_REDIS_URL, part of their tag
