@@ -31,7 +31,7 @@ from orchestrator.leases import Lease, LeaseBook, left_behind, process_create_ti
 from orchestrator.messages import SpawnerLog
 from orchestrator.procs import ExitStatus
 from orchestrator.recovery import Recovered
-from orchestrator.worker.workerenv import worker_env
+from orchestrator.worker.workerenv import CONSUMER, REDIS_URL, worker_env
 
 YIELD_SIGNAL = signal.SIGUSR1  # the runtime's "finish the job in hand, then exit"
 
@@ -58,7 +58,7 @@ class Workforce:
         self.leases = leases
         self.log = log
         self.launcher = WorkerLauncher(log.events, subreaper)
-        self.guard = Guard() if subreaper else None  # only ``orchestrator run`` keeps one
+        self.guard = Guard((CONSUMER, REDIS_URL)) if subreaper else None  # ``orchestrator run``'s
         self.stop_grace_s = 10.0
         self.redis_url = ""  # the workers' ORCH_REDIS_URL, part of their tag
         self.strays_due = False  # a SIGCHLD came: orphans may have been re-parented to us
@@ -238,7 +238,8 @@ class Workforce:
             self.guard.forget(worker.pid)
         leftovers = worker.kill_leftovers()
         if not worker.child:  # adopted: its orphans went to init, not to us
-            leftovers += len(procs.kill_tagged(worker.lease.consumer, redis_url=self.redis_url))
+            tag = worker.lease.consumer
+            leftovers += len(procs.kill_tagged(tag, CONSUMER, also=(REDIS_URL, self.redis_url)))
         runtime = worker.runtime_s(now)
         self.log.exited(worker, status, q, runtime, leftovers, self.fleet.count(q.name))
         return Exit(worker, status, runtime)
