@@ -366,8 +366,8 @@ def _warm_up(redis_url: str) -> None:
     runtime. A standby pays them before its job arrives, not after; and
     connects the worker's and its heartbeat's clients, which it keeps."""
     from orchestrator.worker import Heartbeat, Settings, WorkerRuntime
+    from orchestrator.worker.client import keep_spare, keep_spare_client, worker_client
     from orchestrator.worker.jobs import per_job
-    from orchestrator.worker.runtime import keep_spare, keep_spare_client, worker_client
 
     env = warm_up_env(redis_url)
     settings = Settings.from_env(env)
