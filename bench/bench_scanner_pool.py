@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from orchestrator.apps.scanner.detection import AlertRow, Outcome, PatternEngine
+from orchestrator.apps.scanner.detection import AlertRow, DetectionOutcome, PatternEngine
 from orchestrator.apps.scanner.frames import Entry, Row, split_entries
 from orchestrator.apps.scanner.rolling import MIN_STD_FRACTION, SymbolState, Windows
 from orchestrator.apps.scanner.scanner_pool import ScannerPool
@@ -166,7 +166,7 @@ class VectorisedEngine(PatternEngine):
         super().__init__(settings)
         self.min_ticks = min_ticks
 
-    def process(self, rows: Sequence[Sequence[Any]], mute: bool = False) -> Outcome:
+    def process(self, rows: Sequence[Sequence[Any]], mute: bool = False) -> DetectionOutcome:
         """The busy symbols' rows go through ``fold``, the others through the per-tick loop.
 
         (The bench's ticks are all valid; this skips the engine's checks of busy rows.)
@@ -190,7 +190,9 @@ class VectorisedEngine(PatternEngine):
         out.invalid.sort()
         return out
 
-    def _fold_group(self, symbol: Any, group: list[Tick], out: Outcome, mute: bool) -> None:
+    def _fold_group(
+        self, symbol: Any, group: list[Tick], out: DetectionOutcome, mute: bool
+    ) -> None:
         st = self.states.get(symbol)
         if st is None:
             st = self.states[symbol] = SymbolState(self.windows)
@@ -214,7 +216,9 @@ class VectorisedEngine(PatternEngine):
                 self.emit(st, symbol, indices[j], prices[j], stamps[j], out, mute)
         readings.apply(st, len(group) - 1)
 
-    def _tick(self, st: SymbolState, symbol: Any, tick: Tick, out: Outcome, mute: bool) -> None:
+    def _tick(
+        self, st: SymbolState, symbol: Any, tick: Tick, out: DetectionOutcome, mute: bool
+    ) -> None:
         index, price, volume, ts = tick
         ready = st.count >= self.settings.warmup_ticks
         st.observe(price, volume, ts, self.windows)

@@ -28,7 +28,7 @@ from orchestrator.config import (
     load_config,
 )
 from orchestrator.connections import REDIS_ERRORS, connect, redact_url
-from orchestrator.logs import setup_logging
+from orchestrator.logs import Events, setup_logging
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -144,14 +144,28 @@ def cli() -> None:
 def run(config_path: str | None) -> None:
     """Run the spawner and reaper in the foreground until SIGTERM/SIGINT."""
     from orchestrator.embedded import EmbeddedRedis
-    from orchestrator.spawner import main_loop
 
     config = load(config_path)
     setup_logging(config.log)
     if config.redis_url != EMBEDDED:
-        sys.exit(main_loop(config))
+        sys.exit(run_spawner(config))
     with EmbeddedRedis() as server:
-        sys.exit(main_loop(replace(config, redis_url=server.url)))
+        sys.exit(run_spawner(replace(config, redis_url=server.url)))
+
+
+def run_spawner(config: Config) -> int:
+    """A spawner in the foreground until stopped; its exit code."""
+    from orchestrator import procs
+    from orchestrator.spawner import WorkerSpawner
+
+    procs.set_title(f"orch-spawner {config.spawner.host}")
+    spawner = WorkerSpawner(config, events=Events(config.log.emoji), subreaper=True)
+    try:
+        return spawner.run()
+    except KeyboardInterrupt:  # pragma: no cover - signals are handled in run()
+        return 0
+    finally:
+        sys.stdout.flush()
 
 
 @cli.command()

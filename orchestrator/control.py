@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import redis
 
-from orchestrator import keys
+from orchestrator import codec, keys
 
 PAUSED, DRAINING, SCALE = "paused", "draining", "scale"
 
@@ -76,8 +76,4 @@ def scale(client: redis.Redis, queue: str, workers: int | None) -> None:
 
 def read(client: redis.Redis, queue: str) -> Control:
     raw = client.hgetall(keys.control(queue))
-    return Control.from_fields({_text(k): _text(v) for k, v in raw.items()})
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return Control.from_fields({codec.text(k): codec.text(v) for k, v in raw.items()})

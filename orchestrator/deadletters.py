@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 DEAD_LETTER_FIELDS = ("error", "attempts", "failed_at", "original_id")
 RQ = "rq"  # config.Backend.RQ (not imported: workers import this module)
+V = TypeVar("V", bound=str | bytes)  # a field's value: text, or bytes as read
 
 
 class UnknownDeadLetters(LookupError):
@@ -35,20 +36,30 @@ class UnknownDeadLetters(LookupError):
         self.ids = list(ids)
 
 
+def dead_letter_record(
+    fields: Mapping[str, V],
+    error: str,
+    attempts: int,
+    entry_id: str,
+    failed_at: float | None = None,
+) -> dict[str, V | str]:
+    """A dead letter: the entry's fields, plus why (SPEC.md); ``failed_at``
+    (epoch seconds) defaults to now. (``lua/park.lua`` builds the same
+    record inside Redis.)"""
+    return {
+        **fields,
+        "error": error,
+        "attempts": str(attempts),
+        "failed_at": f"{time.time() if failed_at is None else failed_at:.3f}",
+        "original_id": entry_id,
+    }
+
+
 def dead_letter_fields(
     fields: Mapping[str, str | bytes], error: str, attempts: int, entry_id: str
 ) -> dict[bytes, bytes]:
-    """A dead letter: the entry's fields byte for byte, plus why (SPEC.md).
-    (``lua/park.lua`` builds the same record inside Redis.)"""
-    return codec.fields_to_bytes(
-        {
-            **fields,
-            "error": error,
-            "attempts": str(attempts),
-            "failed_at": f"{time.time():.3f}",
-            "original_id": entry_id,
-        }
-    )
+    """``dead_letter_record`` ready for XADD: the entry's fields byte for byte."""
+    return codec.fields_to_bytes(dead_letter_record(fields, error, attempts, entry_id))
 
 
 @dataclass(frozen=True, slots=True)

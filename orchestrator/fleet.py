@@ -117,7 +117,7 @@ def _running(proc: psutil.Process) -> bool:
         return False
 
 
-class Fleet:
+class WorkerFleet:
     """Live workers by id, with the counts the spawner asks for."""
 
     def __init__(self) -> None:

@@ -17,7 +17,9 @@ descendants inherit it, so daemons that left the process tree are found
 too (a program that scrubs its environment is out of reach). The guard
 exits when no worker is left, and at once after a clean stop.
 
-Protocol, one line per message from the spawner::
+Its command line names the two variables that tag a worker's processes
+(``python -m orchestrator.guard ORCH_CONSUMER ORCH_REDIS_URL``, from
+``workerenv``). Protocol, one line per message from the spawner::
 
     + <pid> <deadline epoch s> <stop_grace s> <Redis URL> <consumer>
     - <pid>
@@ -54,9 +56,12 @@ class Guarded:
 
 
 class Guard:
-    """The spawner's side: start the guard, tell it about workers."""
+    """The spawner's side: start the guard, tell it about workers.
+    ``tag``: the environment variables that name a worker's consumer and
+    its Redis URL (``workerenv``'s), given to the guard on its command line."""
 
-    def __init__(self) -> None:
+    def __init__(self, tag: tuple[str, str]) -> None:
+        self.tag = tag
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -65,7 +70,7 @@ class Guard:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.guard"],
+            [sys.executable, "-m", "orchestrator.guard", *self.tag],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             close_fds=True,
@@ -135,16 +140,18 @@ def _listen(fd: int, guarded: dict[int, Guarded]) -> None:
         buffer = _read_messages(buffer + chunk, guarded)
 
 
-def _enforce(guarded: dict[int, Guarded]) -> None:
+def _enforce(guarded: dict[int, Guarded], tag: tuple[str, str]) -> None:
     """The spawner is gone: hold each worker to its deadline, then exit."""
+    consumer_variable, url_variable = tag
     while guarded:
         now = time.time()
         for g in list(guarded.values()):
+            also = (url_variable, g.redis_url)
             if procs.start_ticks(g.pid) != g.started:  # exited (or pid reused)
-                procs.kill_tagged(g.consumer, redis_url=g.redis_url)
+                procs.kill_tagged(g.consumer, consumer_variable, also=also)
                 del guarded[g.pid]
             elif now >= g.deadline + g.grace_s:
-                procs.kill_tagged(g.consumer, redis_url=g.redis_url)
+                procs.kill_tagged(g.consumer, consumer_variable, also=also)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(g.pid, signal.SIGKILL)
                 del guarded[g.pid]
@@ -155,13 +162,13 @@ def _enforce(guarded: dict[int, Guarded]) -> None:
         time.sleep(POLL_S)
 
 
-def serve(fd: int) -> int:
+def serve(fd: int, tag: tuple[str, str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the spawner's to handle
     guarded: dict[int, Guarded] = {}
     _listen(fd, guarded)
-    _enforce(guarded)
+    _enforce(guarded, tag)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(serve(sys.stdin.fileno()))
+    sys.exit(serve(sys.stdin.fileno(), (sys.argv[1], sys.argv[2])))

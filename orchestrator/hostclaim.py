@@ -16,6 +16,7 @@ taken over (its heartbeat expired during a partition) stops.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -27,7 +28,9 @@ import psutil
 import redis
 
 from orchestrator import codec, keys
+from orchestrator.connections import REDIS_ERRORS
 from orchestrator.scripts import load_lua
+from orchestrator.status import withdraw
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +122,18 @@ class HostClaim:
             raise HostTaken(self.host, HostRecord.from_json(taken))
         self.claimed = True
 
+    def claim_again(self) -> None:
+        """Take the name back if it was lost (Redis forgot it), or raise ``HostTaken``."""
+        if not self.claimed:
+            self.claim()
+
+    def verify(self, raw: str | bytes | None) -> None:
+        """``HostTaken`` if the holder's record read with a tick is another
+        spawner's (the name is then not ours any more: never released)."""
+        if (taken_by := self.check(raw)) is not None:
+            self.claimed = False
+            raise HostTaken(self.host, taken_by)
+
     def check(self, raw: str | bytes | None) -> HostRecord | None:
         """The holder's record as read with a tick: None while it is us (a
         record that vanished, say by FLUSHALL, is claimed again next tick)."""
@@ -138,3 +153,11 @@ class HostClaim:
                 keys=[keys.HOSTS, keys.host(self.host)], args=["release", self.host, self.record]
             )
             self.claimed = False
+
+    def leave(self) -> None:
+        """A clean stop: the host is gone at once (not after its TTL), its
+        name free; Redis unreachable: both expire."""
+        if self.claimed:
+            with contextlib.suppress(*REDIS_ERRORS):
+                withdraw(self.client, self.host)
+                self.release()

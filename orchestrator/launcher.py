@@ -1,6 +1,6 @@
 """Starting worker processes, and the process-tree hygiene around them.
 
-``Launcher.launch`` forks a ``script`` worker warm from the fork server
+``WorkerLauncher.launch`` forks a ``script`` worker warm from the fork server
 (``zygote``) when there is one, else execs the program. As child subreaper
 (``orchestrator run``), the spawner inherits what its workers leave behind;
 ``reap_strays`` kills and reaps those orphans so no process outlives its
@@ -22,7 +22,7 @@ from orchestrator.config import QueueConfig
 from orchestrator.logs import Events, LogConfig, LogFormat
 
 
-class Launcher:
+class WorkerLauncher:
     def __init__(self, events: Events, subreaper: bool) -> None:
         self.events = events
         self.subreaper = subreaper

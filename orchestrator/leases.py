@@ -21,6 +21,7 @@ import redis
 
 from orchestrator import keys, procs
 from orchestrator.connections import REDIS_ERRORS
+from orchestrator.worker.workerenv import CONSUMER, REDIS_URL
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,5 +82,5 @@ def left_behind(host: str, redis_url: str, adopted_consumers: set[str]) -> dict[
     (``ORCH_CONSUMER``, ``ORCH_REDIS_URL``) that belong to no adopted worker:
     pid -> consumer."""
     prefix = keys.consumer_name(host, "")
-    tagged = procs.tagged_processes(prefix, redis_url=redis_url)
+    tagged = procs.tagged_processes(prefix, CONSUMER, also=(REDIS_URL, redis_url))
     return {pid: c for pid, c in tagged.items() if c not in adopted_consumers}

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from orchestrator import procs
+from orchestrator import procs, scaling
 from orchestrator.config import QueueConfig
 from orchestrator.control import Control
 from orchestrator.fleet import StopReason, Worker
@@ -42,6 +42,16 @@ def death_reason(worker: Worker, status: ExitStatus, q: QueueConfig) -> str:
     if status.code is None:
         return "worker lost"
     return f"worker exited: code {status.code}"
+
+
+def yield_for_cap(max_total: int) -> str:
+    """Why a worker gives its slot up to a queue that has none."""
+    return f"max_total_workers {max_total} is reached and another queue has work and no worker"
+
+
+def held_back(q: QueueConfig, control: Control) -> str:
+    """Why the workers of a paused or draining queue give their slots up."""
+    return f"{q.label} is {'paused' if control.paused else 'draining'}"
 
 
 def exit_icon(status: ExitStatus) -> str:
@@ -192,6 +202,22 @@ class SpawnerLog:
             queue=q.name,
             streak=streak,
         )
+
+    def judged(
+        self,
+        q: QueueConfig,
+        verdict: scaling.ExitVerdict,
+        was: scaling.Backoff,
+        backoff: scaling.Backoff,
+        now: float,
+        window_s: float,
+    ) -> None:
+        """An exit judged by the crash-loop rule (``backoff`` after it, ``was``
+        before): said when a crash loop or a wait for a dependency starts."""
+        if verdict is scaling.ExitVerdict.CRASH and backoff.streak >= 2:
+            self.crash_loop(q, window_s, backoff.streak, backoff.delay_s(now))
+        elif verdict is scaling.ExitVerdict.TEMPFAIL and was.reason != scaling.TEMPFAIL_REASON:
+            self.tempfail(q, scaling.EX_TEMPFAIL, scaling.TEMPFAIL_RETRY_S)
 
     def tempfail(self, q: QueueConfig, code: int, retry_s: float) -> None:
         self.events.warning(

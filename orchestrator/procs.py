@@ -197,12 +197,6 @@ def _children_or_empty(proc: psutil.Process) -> list[psutil.Process]:
         return []
 
 
-# Every worker starts with its consumer name in this variable, and its
-# descendants inherit it: the tag that finds a worker's processes even once
-# they have left its process tree (a ``setsid`` daemon re-parented to init).
-TAG_VARIABLE = "ORCH_CONSUMER"
-
-
 def start_ticks(pid: int) -> int | None:
     """The process' start time (clock ticks since boot), None if it is gone
     or a zombie: with the pid, it names one process, never a later one."""
@@ -218,18 +212,18 @@ def start_ticks(pid: int) -> int | None:
 
 
 def tagged_processes(
-    prefix: str, variable: str = TAG_VARIABLE, *, redis_url: str | None = None
+    prefix: str, variable: str, *, also: tuple[str, str] | None = None
 ) -> dict[int, str]:
-    """Live processes whose ``variable`` (``ORCH_CONSUMER``) starts with
-    ``prefix``: pid -> its value. ``redis_url``: only those whose
-    ``ORCH_REDIS_URL`` is it (another orchestrator on this machine, on
-    another Redis, is none of ours).
+    """Live processes whose environment ``variable`` (a tag their
+    descendants inherit: a worker's consumer, see ``workerenv``) starts
+    with ``prefix``: pid -> its value. ``also`` (a variable and its value):
+    only those whose environment holds it too.
 
     Reads every ``/proc/<pid>/environ`` (milliseconds on a busy host): for
     rare moments only, such as a spawner's start or a pool's kill.
     """
     needle = f"{variable}=".encode()
-    url = f"ORCH_REDIS_URL={redis_url}".encode() if redis_url is not None else None
+    also_item = "=".join(also).encode() if also is not None else None
     found: dict[int, str] = {}
     own = os.getpid()
     for entry in os.listdir("/proc"):
@@ -241,7 +235,7 @@ def tagged_processes(
         except OSError:
             continue
         tags = [item[len(needle) :] for item in environ if item.startswith(needle)]
-        if tags and (url is None or url in environ):
+        if tags and (also_item is None or also_item in environ):
             value = tags[0].decode(errors="replace")
             if value.startswith(prefix) and start_ticks(int(entry)) is not None:
                 found[int(entry)] = value
@@ -250,14 +244,14 @@ def tagged_processes(
 
 def kill_tagged(
     tag: str,
-    variable: str = TAG_VARIABLE,
+    variable: str,
     *,
     prefix: bool = False,
-    redis_url: str | None = None,
+    also: tuple[str, str] | None = None,
 ) -> list[int]:
     """SIGKILL every process whose ``variable`` is ``tag`` (or, with
-    ``prefix``, starts with it; on ``redis_url`` when given); their pids."""
-    found = tagged_processes(tag, variable, redis_url=redis_url)
+    ``prefix``, starts with it; holding ``also`` when given); their pids."""
+    found = tagged_processes(tag, variable, also=also)
     pids = [pid for pid, value in found.items() if prefix or value == tag]
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):

@@ -3,21 +3,28 @@
 The last probe of its depth, its parked entries, the recent exits of its
 workers (for ``cooldown``), its crash-loop backoff, and whether a reload
 removed it. From these and the queue's live workers come the facts the pure
-``scaling`` rules decide on, and the queue's row of the status snapshot.
+``scaling`` rules decide on (how many to start, the demand for global
+slots, the crash-loop rule on an exit: ``exit_facts``), and the queue's row
+of the status snapshot.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from orchestrator import scaling
 from orchestrator.config import Backend, QueueConfig
 from orchestrator.control import Control
-from orchestrator.fleet import Worker
+from orchestrator.fleet import Worker, WorkerFleet
+from orchestrator.procs import ExitStatus
 from orchestrator.queues import QueueDepth
 from orchestrator.status import QueueStatus
+
+if TYPE_CHECKING:
+    from orchestrator.recovery import Recovered
 
 
 @dataclass
@@ -99,6 +106,17 @@ class QueueState:
         """Entries pending on ``worker`` at the last probe."""
         return self.depth.pending_by_consumer.get(worker.lease.consumer, 0) if self.depth else 0
 
+    def idle(self, workers: Sequence[Worker]) -> list[Worker]:
+        """Those of ``workers`` that held nothing at the last probe."""
+        return [w for w in workers if self.holds(w) == 0]
+
+    def demand(self, workers: Sequence[Worker], now: float) -> int:
+        """Workers this host wants of the queue, whatever the other hosts
+        hold: what it claims a fair share of (``slots``)."""
+        facts = self.facts(workers, now)
+        alone = replace(facts, max_concurrent=self.max_concurrent)
+        return facts.live + scaling.wanted_new(alone)
+
     def judge(
         self, facts: scaling.ExitFacts, now: float, window_s: float, backoff_max_s: float
     ) -> tuple[scaling.ExitVerdict, scaling.Backoff]:
@@ -149,6 +167,35 @@ class QueueState:
             rate_limit=q.rate_limit.text if q.rate_limit else None,
             busy=facts.live - facts.idle_live,
         )
+
+
+def demand(queues: Mapping[str, QueueState], fleet: WorkerFleet, now: float) -> dict[str, int]:
+    """``QueueState.demand`` of every globally capped queue still configured."""
+    return {
+        name: state.demand(fleet.of_queue(name), now)
+        for name, state in queues.items()
+        if state.config.global_max_concurrent is not None and not state.retired
+    }
+
+
+START_FAILED = scaling.ExitFacts(
+    requested=False, code=None, completed=False, working=False, runtime_s=0.0, early_with_work=False
+)
+
+
+def exit_facts(
+    worker: Worker, status: ExitStatus, runtime_s: float, early: bool, recovered: Recovered | None
+) -> scaling.ExitFacts:
+    """What the crash-loop rule needs to know of an exit. When Redis could
+    not say what the worker did (an outage), it is taken to have worked."""
+    return scaling.ExitFacts(
+        requested=worker.stop_reason is not None,
+        code=status.code,
+        completed=recovered is None or recovered.done,
+        working=recovered is not None and (recovered.in_hand or recovered.held > worker.handed),
+        runtime_s=runtime_s,
+        early_with_work=early,
+    )
 
 
 def apply_config(queues: dict[str, QueueState], configured: Mapping[str, QueueConfig]) -> None:

@@ -1,7 +1,11 @@
 """Giving a gone worker's work back, from the spawner's side.
 
 The spawner reaches the reaper only through ``Recovery``: parking a gone
-consumer's entries, handing parked ones to workers, the periodic sweep.
+consumer's entries (``recover``, straight to a successor when one can take
+them; ``recover_dead`` for those the tick's probe finds), handing parked
+ones to workers (``hand_out``: to a worker about to start, its share by
+``shares_of_new``; ``hand_out_to_idle``: to live workers that hold
+nothing), the periodic sweep.
 
 A stream worker's pending entries are parked (see ``reaper``); an RQ
 worker's started jobs go through RQ's own abandoned-job logic (see
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,9 +28,10 @@ from orchestrator import codec, keys
 from orchestrator.config import Backend, Config, QueueConfig
 from orchestrator.connections import REDIS_ERRORS, RedisHealth
 from orchestrator.logs import Events
-from orchestrator.reaper import PARKING_CONSUMER, Liveness, Reaper, classify
+from orchestrator.reaper import PARKING_CONSUMER, Liveness, Reaper, classify, split_shares
 
 if TYPE_CHECKING:
+    from orchestrator.fleet import Worker
     from orchestrator.telemetry import Telemetry
 
 
@@ -92,6 +97,35 @@ class Recovery:
                 consumer=consumer,
             )
             return None
+
+    def recover_dead(
+        self,
+        q: QueueConfig,
+        pending: Mapping[str, int],
+        host: str,
+        own_live: Collection[str],
+        live_hosts: Collection[str],
+    ) -> int:
+        """Recover the consumers of ``q`` that are gone, among those the
+        tick's probe found holding entries (``pending``); the entries parked
+        now, in all."""
+        parked = pending.get(PARKING_CONSUMER, 0)
+        for consumer, n in pending.items():
+            if n and classify(consumer, host, own_live, live_hosts) is Liveness.DEAD:
+                recovered = self.recover(q, consumer, "worker lost")
+                parked += recovered.handed_back if recovered else 0
+        return parked
+
+    def hand_out_to_idle(self, q: QueueConfig, parked: int, idle: Sequence[Worker]) -> int:
+        """Parked entries left over go to live workers that hold nothing,
+        shared evenly; how many were given."""
+        if parked <= 0 or not idle:
+            return 0
+        shares = split_shares(parked, [w.lease.consumer for w in idle])
+        given = self.hand_out(q, shares, wake=True)
+        for w in idle:
+            w.handed += given.get(w.lease.consumer, 0)
+        return sum(given.values())
 
     def hand_out(
         self, q: QueueConfig, shares: Mapping[str, int], wake: bool = False
@@ -235,3 +269,12 @@ class Recovery:
                     f"Swept consumer {result.consumer} of {result.queue}: "
                     f"{result.parked} parked, {result.dead_lettered} dead-lettered"
                 )
+
+
+def shares_of_new(parked: int, new: int, idle: int) -> list[int]:
+    """The parked entries each of ``new`` workers about to start is handed,
+    when they share them evenly with ``idle`` live workers (whose shares go
+    to them in ``Recovery.hand_out_to_idle``)."""
+    targets = [f"new{i}" for i in range(new)] + [f"idle{i}" for i in range(idle)]
+    shares = split_shares(parked, targets)
+    return [shares.get(f"new{i}", 0) for i in range(new)]

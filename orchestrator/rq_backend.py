@@ -23,7 +23,6 @@ your workers: use it only on a Redis you trust completely.
 from __future__ import annotations
 
 import math
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -38,7 +37,7 @@ from rq.serializers import DefaultSerializer, JSONSerializer
 
 from orchestrator import codec, procs
 from orchestrator.connections import connect
-from orchestrator.deadletters import DeadLetter
+from orchestrator.deadletters import DeadLetter, dead_letter_record
 
 if TYPE_CHECKING:
     from orchestrator.config import QueueConfig
@@ -120,20 +119,19 @@ def main() -> int:
     from orchestrator.worker import configure_logging, identify
     from orchestrator.worker.workerenv import Settings
 
-    env = os.environ
     procs.die_with_parent()
     settings = Settings.from_env()
     configure_logging(settings.log)  # RQ's log lines too (the standard library's)
     identify(settings.queue, settings.label, settings.worker_id)
     OrchestratedWorker.title = procs.worker_title(settings.label, settings.worker_id)
-    client = connect(env["ORCH_REDIS_URL"], timeout_s=None, fail_fast=False)
-    serializer = serializer_for(env.get("ORCH_RQ_SERIALIZER", "json"))
-    queue = Queue(env["ORCH_QUEUE"], connection=client, serializer=serializer)
-    OrchestratedWorker.max_attempts = int(env.get("ORCH_MAX_ATTEMPTS", "3"))
+    client = connect(settings.redis_url, timeout_s=None, fail_fast=False)
+    serializer = serializer_for(settings.rq_serializer)
+    queue = Queue(settings.queue, connection=client, serializer=serializer)
+    OrchestratedWorker.max_attempts = settings.max_attempts
     worker = OrchestratedWorker(
-        [queue], name=env.get("ORCH_CONSUMER"), connection=client, serializer=serializer
+        [queue], name=settings.consumer, connection=client, serializer=serializer
     )
-    idle_s = float(env.get("ORCH_IDLE_TIMEOUT", "5"))
+    idle_s = settings.idle_timeout_s
 
     # SIGUSR1: the spawner gives this worker's slot to another queue: RQ's
     # warm shutdown (the job in hand finishes), as on a first SIGTERM.
@@ -206,8 +204,7 @@ def _as_dead_letter(job_id: str, job: Job | None, queue: QueueConfig) -> DeadLet
     # OrchestratedWorker gave it max_attempts - 1 retries when it first started
     left = job.retries_left
     attempts = 1 if left is None else max(1, queue.max_attempts - left)
-    fields = {"error": error, "attempts": str(attempts), "failed_at": f"{ended:.3f}"}
-    return DeadLetter(job_id, {**call, **fields, "original_id": job_id})
+    return DeadLetter(job_id, dead_letter_record(call, error, attempts, job_id, failed_at=ended))
 
 
 def _last_line(text: str) -> str:

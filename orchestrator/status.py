@@ -14,14 +14,18 @@ in ``orch:hosts`` (heartbeat expiry, epoch seconds) is in the future.
 from __future__ import annotations
 
 import json
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from orchestrator import codec, keys
+
+if TYPE_CHECKING:
+    from orchestrator.fleet import Worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +78,22 @@ class HostStatus:
         data["queues"] = [QueueStatus(**q) for q in data["queues"]]
         data["workers"] = [WorkerStatus(**w) for w in data.get("workers", [])]
         return cls(**data)
+
+
+def host_status(
+    host: str,
+    started_at: float,
+    queues: Sequence[QueueStatus],
+    workers: Iterable[Worker],
+    redis_ok: bool,
+) -> HostStatus:
+    """The snapshot of this spawner (its pid), now."""
+    rows = [
+        WorkerStatus(w.worker_id, w.queue, w.pid, w.lease.consumer, w.lease.started_at,
+                     w.lease.deadline)
+        for w in workers
+    ]  # fmt: skip
+    return HostStatus(host, os.getpid(), started_at, time.time(), queues, rows, redis_ok)
 
 
 def jobs_text(n: int, exact: bool = True) -> str:

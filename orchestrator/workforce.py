@@ -2,12 +2,13 @@
 
 ``Workforce`` owns what a worker is on this host: its process (forked warm
 by the fork server or exec'd, see ``launcher``), its record (``fleet``),
-its lease in Redis (``leases``) and its place in the guard's list
-(``guard``). It starts the workers the spawner planned, stops them
-(SIGTERM, then SIGKILL of the whole tree after ``stop_grace``; a yield
-only asks), enforces ``max_runtime``, and reports each exit once, after
-reaping it and killing what it left behind. What an exit means for the
-queue (recovery, the crash-loop rule) is the spawner's to decide.
+its lease in Redis (``leases``), its global slot (``slots``) and its place
+in the guard's list (``guard``). It adopts the previous spawner's workers,
+starts the workers the spawner planned, stops them (SIGTERM, then SIGKILL
+of the whole tree after ``stop_grace``; a yield only asks), enforces
+``max_runtime``, and reports each exit once, after reaping it and killing
+what it left behind. What an exit means for the queue (recovery, the
+crash-loop rule) is the spawner's to decide (``staffing``).
 """
 
 from __future__ import annotations
@@ -18,20 +19,21 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from orchestrator import keys, procs, scaling
+import redis
+
+from orchestrator import keys, procs
 from orchestrator.config import RQ_WORKER_ARGV, Backend, Config, QueueConfig
-from orchestrator.fleet import Fleet, StopReason, Worker
+from orchestrator.fleet import StopReason, Worker, WorkerFleet
 from orchestrator.guard import Guard
-from orchestrator.launcher import Launcher
+from orchestrator.launcher import WorkerLauncher
 from orchestrator.leases import Lease, LeaseBook, left_behind, process_create_time
-from orchestrator.messages import SpawnerLog
+from orchestrator.messages import SpawnerLog, yield_for_cap
 from orchestrator.procs import ExitStatus
-from orchestrator.recovery import Recovered
-from orchestrator.worker.workerenv import worker_env
+from orchestrator.slots import GlobalSlots
+from orchestrator.worker.workerenv import CONSUMER, REDIS_URL, worker_env
 
 YIELD_SIGNAL = signal.SIGUSR1  # the runtime's "finish the job in hand, then exit"
 
@@ -53,15 +55,18 @@ class Exit:
 
 
 class Workforce:
-    def __init__(self, leases: LeaseBook, log: SpawnerLog, subreaper: bool) -> None:
-        self.fleet = Fleet()
-        self.leases = leases
+    def __init__(self, client: redis.Redis, host: str, log: SpawnerLog, subreaper: bool) -> None:
+        self.client = client  # the spawner's: workers' heartbeats are read with it
+        self.fleet = WorkerFleet()
+        self.leases = LeaseBook(client, host)
+        self.slots = GlobalSlots(client, host)
         self.log = log
-        self.launcher = Launcher(log.events, subreaper)
-        self.guard = Guard() if subreaper else None  # only ``orchestrator run`` keeps one
+        self.launcher = WorkerLauncher(log.events, subreaper)
+        self.guard = Guard((CONSUMER, REDIS_URL)) if subreaper else None  # ``orchestrator run``'s
         self.stop_grace_s = 10.0
         self.redis_url = ""  # the workers' ORCH_REDIS_URL, part of their tag
         self.strays_due = False  # a SIGCHLD came: orphans may have been re-parented to us
+        self.adopted = False  # the previous spawner's leases are read (retried until Redis answers)
 
     def open(self, config: Config) -> None:
         spawner = config.spawner
@@ -82,8 +87,9 @@ class Workforce:
     def start(
         self, config: Config, q: QueueConfig, planned: Sequence[Planned], drain: bool = False
     ) -> tuple[list[Worker], int]:
-        """Start the planned workers of ``q`` at once; they, and how many
-        failed. ``drain``: they work off what they are handed, nothing new."""
+        """Start the planned workers of ``q`` at once (their global slots
+        taken); they, and how many failed (their slots freed). ``drain``: they
+        work off what they are handed, nothing new."""
         now_wall = time.time()
         deadline = now_wall + q.max_runtime_s
         envs = [worker_env(config, q, p.worker_id, p.consumer, deadline, drain) for p in planned]
@@ -100,6 +106,9 @@ class Workforce:
                 plan.worker_id, q.name, plan.consumer, pid, now_wall, deadline, create_time
             )
             workers.append(self._register(q, lease, popen, plan.handed))
+        if failed:
+            up = {w.lease.consumer for w in workers}
+            self.slots.release(q, [p.consumer for p in planned if p.consumer not in up])
         return workers, failed
 
     def _register(
@@ -126,10 +135,24 @@ class Workforce:
         queues: Mapping[str, QueueConfig],
         host: str,
         recover: Callable[[QueueConfig, str, str], object],
+        held: Iterable[QueueConfig],
     ) -> None:
-        """The previous spawner's workers: those still running are adopted,
-        the work of the others goes to ``recover``; then what previous
-        workers left behind is killed."""
+        """Once (until it got through): the previous spawner's workers still
+        running are adopted, the work of the others goes to ``recover``, and
+        what previous workers left behind is killed. The global slots of the
+        ``held`` queues are then those of the adopted workers (the others'
+        are freed)."""
+        if self.adopted:
+            return
+        self._adopt_leases(queues, recover)
+        self.kill_left_behind(host)
+        for q in held:  # they run: they hold their slots
+            self.slots.adopt(q, [w.lease.consumer for w in self.fleet.of_queue(q.name)])
+        self.adopted = True
+
+    def _adopt_leases(
+        self, queues: Mapping[str, QueueConfig], recover: Callable[[QueueConfig, str, str], object]
+    ) -> None:
         for lease in self.leases.read():
             if lease.worker_id in self.fleet.workers:  # adopted by an attempt cut short
                 continue
@@ -140,7 +163,6 @@ class Workforce:
             if q is not None:
                 recover(q, lease.consumer, "worker lost: spawner restarted")
             self.leases.drop(lease.worker_id)
-        self.kill_left_behind(host)
 
     def kill_left_behind(self, host: str) -> None:
         """Kill what previous workers of ``host`` left (see ``leases.left_behind``)."""
@@ -178,21 +200,35 @@ class Workforce:
         self.log.yielding(worker, q, why)
         return True
 
-    def ask_all_to_yield(
-        self, workers: list[Worker], q: QueueConfig, why: str, client: Any
+    def yield_slots(
+        self,
+        q: QueueConfig,
+        workers: list[Worker],
+        holds: Callable[[Worker], int],
+        count: int,
+        max_total: int,
     ) -> None:
+        """The host cap binds and another queue waits: ask ``count`` of
+        ``workers`` to give their slots up after the job in hand, idle ones
+        (``holds`` nothing) first, then the longest running."""
+        candidates = [w for w in workers if w.stop_reason is None]
+        candidates.sort(key=lambda w: (holds(w) > 0, w.started_mono))
+        for worker in self.yieldable(q, candidates)[:count]:
+            self.ask_to_yield(worker, q, yield_for_cap(max_total))
+
+    def ask_all_to_yield(self, workers: list[Worker], q: QueueConfig, why: str) -> None:
         """Every one of ``workers``, each with the signal it understands."""
         staying = [w for w in workers if w.stop_reason is None]
-        able = {w.pid for w in self.yieldable(q, staying, client)}
+        able = {w.pid for w in self.yieldable(q, staying)}
         for w in staying:
             self.ask_to_yield(w, q, why, YIELD_SIGNAL if w.pid in able else signal.SIGTERM)
 
-    def yieldable(self, q: QueueConfig, workers: list[Worker], client: Any) -> list[Worker]:
+    def yieldable(self, q: QueueConfig, workers: list[Worker]) -> list[Worker]:
         """Those of ``workers`` that say they give their slot up on SIGUSR1:
         the runtime's (in their heartbeat), and RQ's default worker."""
         if q.backend is Backend.RQ:
             return workers if q.argv == RQ_WORKER_ARGV else []
-        beats = client.mget([keys.worker_heartbeat(w.lease.consumer) for w in workers])
+        beats = self.client.mget([keys.worker_heartbeat(w.lease.consumer) for w in workers])
         return [w for w, b in zip(workers, beats, strict=True) if b and json.loads(b).get("yields")]
 
     def hurry(self) -> None:
@@ -232,13 +268,19 @@ class Workforce:
         self.launcher.check_zygote()
         self._check_guard()
 
+    def forget(self, worker: Worker, q: QueueConfig) -> None:
+        """A gone worker's exit is handled: its lease and its slot go."""
+        self.leases.drop(worker.worker_id)
+        self.slots.release(q, [worker.lease.consumer])
+
     def _gone(self, worker: Worker, status: ExitStatus, now: float, q: QueueConfig) -> Exit:
         self.fleet.remove(worker.worker_id)
         if self.guard is not None:
             self.guard.forget(worker.pid)
         leftovers = worker.kill_leftovers()
         if not worker.child:  # adopted: its orphans went to init, not to us
-            leftovers += len(procs.kill_tagged(worker.lease.consumer, redis_url=self.redis_url))
+            tag = worker.lease.consumer
+            leftovers += len(procs.kill_tagged(tag, CONSUMER, also=(REDIS_URL, self.redis_url)))
         runtime = worker.runtime_s(now)
         self.log.exited(worker, status, q, runtime, leftovers, self.fleet.count(q.name))
         return Exit(worker, status, runtime)
@@ -262,23 +304,3 @@ class Workforce:
             if not w.child:  # adopted: no SIGCHLD for it, so poll
                 due.append(now + poll_interval_s)
         return due
-
-
-START_FAILED = scaling.ExitFacts(
-    requested=False, code=None, completed=False, working=False, runtime_s=0.0, early_with_work=False
-)
-
-
-def exit_facts(
-    worker: Worker, status: ExitStatus, runtime_s: float, early: bool, recovered: Recovered | None
-) -> scaling.ExitFacts:
-    """What the crash-loop rule needs to know of an exit. When Redis could
-    not say what the worker did (an outage), it is taken to have worked."""
-    return scaling.ExitFacts(
-        requested=worker.stop_reason is not None,
-        code=status.code,
-        completed=recovered is None or recovered.done,
-        working=recovered is not None and (recovered.in_hand or recovered.held > worker.handed),
-        runtime_s=runtime_s,
-        early_with_work=early,
-    )

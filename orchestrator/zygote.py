@@ -45,7 +45,7 @@ from loguru import logger
 
 from orchestrator import procs
 from orchestrator.logs import LogConfig, log_uncaught
-from orchestrator.worker.workerenv import log_env
+from orchestrator.worker.workerenv import WARM_UP, identity, log_env, warm_up_env
 
 DEFAULT_PRELOAD = (
     "orchestrator.worker",
@@ -366,13 +366,14 @@ def _warm_up(redis_url: str) -> None:
     runtime. A standby pays them before its job arrives, not after; and
     connects the worker's and its heartbeat's clients, which it keeps."""
     from orchestrator.worker import Heartbeat, Settings, WorkerRuntime
+    from orchestrator.worker.client import keep_spare, keep_spare_client, worker_client
     from orchestrator.worker.jobs import per_job
-    from orchestrator.worker.runtime import keep_spare, keep_spare_client, worker_client
 
-    settings = Settings.from_env(_WARM_UP_ENV | {"ORCH_REDIS_URL": redis_url})
-    _set_environ({**os.environ, "ORCH_WARM_UP": "1"})
-    _set_environ({k: v for k, v in os.environ.items() if k != "ORCH_WARM_UP"})
-    _script_path(__file__, _WARM_UP_ENV)
+    env = warm_up_env(redis_url)
+    settings = Settings.from_env(env)
+    _set_environ({**os.environ, WARM_UP: "1"})
+    _set_environ({k: v for k, v in os.environ.items() if k != WARM_UP})
+    _script_path(__file__, env)
     with contextlib.suppress(Exception):  # Redis down: warm as far as it goes
         keep_spare(settings)  # the worker's own connections, made before its job comes
         client = worker_client(settings)  # the spare itself: taken and put back
@@ -380,21 +381,6 @@ def _warm_up(redis_url: str) -> None:
         Heartbeat(settings, 0)
         keep_spare_client(settings.redis_url, client)
     json.loads(json.dumps({"payload": "{}"}))
-
-
-# Every variable a spawned worker has (the defaults would import the config).
-_WARM_UP_ENV = {
-    "ORCH_QUEUE": "warm-up",
-    "ORCH_WORKER_ID": "warm-up",
-    "ORCH_STREAM": "warm-up",
-    "ORCH_GROUP": "workers",
-    "ORCH_CONSUMER": "warm-up",
-    "ORCH_DEADLINE": "0",
-    "ORCH_IDLE_TIMEOUT": "5",
-    "ORCH_MAX_ATTEMPTS": "3",
-    "ORCH_BATCH_SIZE": "100",
-    "ORCH_RQ_SERIALIZER": "json",
-}
 
 
 def _fork_through_middle(
@@ -486,7 +472,7 @@ def _take_worker_title_and_log(env: Mapping[str, str]) -> None:
     from orchestrator.worker import configure_logging, identify
 
     configure_logging()
-    identify(env.get("ORCH_QUEUE", ""), env.get("ORCH_LABEL", ""), env.get("ORCH_WORKER_ID", ""))
+    identify(*identity(env))
 
 
 def _set_environ(env: Mapping[str, str]) -> None:

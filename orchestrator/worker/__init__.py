@@ -9,8 +9,12 @@ A worker in three lines::
 The package: ``workerenv`` (the ORCH_* environment, written by the
 spawner's launcher and read here), ``jobs`` (jobs, the exceptions that say
 what became of one, exit codes), ``runtime`` (the read-handle-acknowledge
-loop), ``acks`` (acknowledgements, hand-offs and dead letters in one
-MULTI/EXEC) and ``heartbeat``. This module holds what a worker program
+loop), ``streamreads`` (what it reads, and in which order), ``readahead``
+(entries read and not started, given back when they wait), ``ratelimit``
+(a token per job from the queue's shared bucket), ``acks``
+(acknowledgements, hand-offs and dead letters in one MULTI/EXEC),
+``client`` (the worker's connection, made ahead of need), ``heartbeat`` and
+``reaction``. This module holds what a worker program
 calls: ``run_worker``, ``run_batch_worker``, and ``load_worker_config`` for
 programs that read their own config section.
 """

@@ -6,12 +6,16 @@ the hand-off. A job that can never run, or ran out of attempts, goes to
 the dead-letter stream, acknowledged in the same transaction too. With the
 first acknowledgement the worker marks ``orch:done:<consumer>``: it has
 completed work, so its exit is no sign of a crash loop (the spawner reads
-and deletes the mark when the worker is gone).
+and deletes the mark when the worker is gone). A job delivered before runs
+under the in-hand marker, cleared with its acknowledgement; entries read
+and never started are released (the marker set empty), so none of them is
+charged an attempt.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -63,6 +67,15 @@ class Acks:
         self.acks.append(job.id)
         self.dead_letters.append(dead_letter_fields(job.fields, error, job.attempts, job.id))
         logger.warning(f"{self.s.worker_id}: job {job.id} dead-lettered: {error}")
+
+    def mark_in_hand(self, jobs: Sequence[Job]) -> None:
+        """``jobs`` run under the in-hand marker (``orch:inhand:<consumer>``):
+        a crash now is charged to them alone (see ``lua/park.lua``)."""
+        self.client.set(keys.in_hand(self.s.consumer), " ".join(j.id for j in jobs))
+
+    def release(self) -> None:
+        """Stopping with entries read but not started: none was attempted."""
+        self.client.set(keys.in_hand(self.s.consumer), "")
 
     def _note(self) -> None:
         if not self.acks:

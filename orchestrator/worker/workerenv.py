@@ -3,7 +3,11 @@
 One module for both sides, so each variable's name and meaning live once:
 ``worker_env`` (the launcher) writes the variables of SPEC.md over the
 spawner's own environment, and ``Settings.from_env`` (the worker) reads
-them back. A worker started by hand needs only ``ORCH_QUEUE``,
+them back; ``CONSUMER`` and ``REDIS_URL`` tag a worker's processes (the
+spawner and the guard find them by it), ``config_path`` is the file a
+worker program loads, ``identity`` names a forked worker's process and
+``warm_up_env`` is the fork server's rehearsal. No other module spells an
+``ORCH_*`` variable of a worker. A worker started by hand needs only ``ORCH_QUEUE``,
 ``ORCH_REDIS_URL`` and ``ORCH_STREAM``; the rest then take the config's
 queue defaults.
 """
@@ -21,7 +25,16 @@ from orchestrator.logs import LogConfig, LogFormat
 if TYPE_CHECKING:
     from orchestrator.config import Config, QueueConfig
 
-REQUIRED = ("ORCH_QUEUE", "ORCH_REDIS_URL", "ORCH_STREAM")
+# Every worker carries its consumer name in CONSUMER, and its descendants
+# inherit it: the tag that finds a worker's processes even once they have
+# left its tree (``procs.tagged_processes``; a ``setsid`` daemon re-parented
+# to init), on the Redis in REDIS_URL (another orchestrator on this machine,
+# on another Redis, is none of ours).
+CONSUMER = "ORCH_CONSUMER"
+REDIS_URL = "ORCH_REDIS_URL"
+CONFIG = "ORCH_CONFIG"
+WARM_UP = "ORCH_WARM_UP"  # set for an instant by the fork server's warm-up; read by no one
+REQUIRED = ("ORCH_QUEUE", REDIS_URL, "ORCH_STREAM")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +77,12 @@ class Settings:
         d = _queue_defaults() if any(not e.get(k) for k in _DEFAULTED) else None
         worker_id = e.get("ORCH_WORKER_ID") or f"{e['ORCH_QUEUE']}_{os.getpid()}"
         return cls(
-            redis_url=e["ORCH_REDIS_URL"],
+            redis_url=e[REDIS_URL],
             queue=e["ORCH_QUEUE"],
             worker_id=worker_id,
             stream=e["ORCH_STREAM"],
             group=e.get("ORCH_GROUP") or _default(d, "group"),
-            consumer=e.get("ORCH_CONSUMER") or worker_id,
+            consumer=e.get(CONSUMER) or worker_id,
             deadline=float(e.get("ORCH_DEADLINE") or time.time() + _default(d, "max_runtime_s")),
             idle_timeout_s=float(e.get("ORCH_IDLE_TIMEOUT") or _default(d, "idle_timeout_s")),
             max_attempts=int(e.get("ORCH_MAX_ATTEMPTS") or _default(d, "max_attempts")),
@@ -77,7 +90,7 @@ class Settings:
             batch_size=int(e.get("ORCH_BATCH_SIZE") or _default(d, "batch_size")),
             host=e.get("ORCH_HOST", ""),
             spawner_pid=int(e["ORCH_SPAWNER_PID"]) if e.get("ORCH_SPAWNER_PID") else None,
-            config_path=e.get("ORCH_CONFIG") or None,
+            config_path=config_path(e),
             rq_serializer=e.get("ORCH_RQ_SERIALIZER") or _default(d, "serializer"),
             rate_per_s=float(e["ORCH_RATE_LIMIT"]) if e.get("ORCH_RATE_LIMIT") else None,
             rate_burst=int(e.get("ORCH_RATE_BURST") or 1),
@@ -88,6 +101,36 @@ class Settings:
             label=e.get("ORCH_LABEL") or e["ORCH_QUEUE"],
             log=log_config(e),
         )
+
+
+def config_path(env: Mapping[str, str]) -> str | None:
+    """The config file the spawner named (``ORCH_CONFIG``), if any: what a
+    worker program loads with ``orchestrator.worker.load_worker_config``."""
+    return env.get(CONFIG) or None
+
+
+def identity(env: Mapping[str, str]) -> tuple[str, str, str]:
+    """The worker's queue, label and id (empty when unset): what names its
+    process before its settings are read."""
+    return env.get("ORCH_QUEUE", ""), env.get("ORCH_LABEL", ""), env.get("ORCH_WORKER_ID", "")
+
+
+def warm_up_env(redis_url: str) -> dict[str, str]:
+    """Every variable a spawned worker has, on throwaway values (so reading
+    them imports no config): the fork server's rehearsal of a worker's start."""
+    return {
+        "ORCH_QUEUE": "warm-up",
+        "ORCH_WORKER_ID": "warm-up",
+        "ORCH_STREAM": "warm-up",
+        "ORCH_GROUP": "workers",
+        CONSUMER: "warm-up",
+        "ORCH_DEADLINE": "0",
+        "ORCH_IDLE_TIMEOUT": "5",
+        "ORCH_MAX_ATTEMPTS": "3",
+        "ORCH_BATCH_SIZE": "100",
+        "ORCH_RQ_SERIALIZER": "json",
+        REDIS_URL: redis_url,
+    }
 
 
 def log_config(env: Mapping[str, str]) -> LogConfig:
@@ -150,10 +193,10 @@ def worker_env(
             "ORCH_QUEUE": queue.name,
             "ORCH_LABEL": queue.label,
             "ORCH_WORKER_ID": worker_id,
-            "ORCH_REDIS_URL": config.redis_url,
+            REDIS_URL: config.redis_url,
             "ORCH_STREAM": queue.stream,
             "ORCH_GROUP": queue.group,
-            "ORCH_CONSUMER": consumer,
+            CONSUMER: consumer,
             "ORCH_DEADLINE": f"{deadline:.3f}",
             "ORCH_IDLE_TIMEOUT": f"{queue.idle_timeout_s:g}",
             "ORCH_MAX_ATTEMPTS": str(queue.max_attempts),
@@ -161,7 +204,7 @@ def worker_env(
             "ORCH_BATCH_SIZE": str(queue.batch_size),
             "ORCH_HOST": config.spawner.host,
             "ORCH_SPAWNER_PID": str(os.getpid()),
-            "ORCH_CONFIG": str(config.path or ""),
+            CONFIG: str(config.path or ""),
             "ORCH_RQ_SERIALIZER": queue.serializer,
             "ORCH_RATE_LIMIT": repr(rate.per_s) if rate else "",
             "ORCH_RATE_BURST": str(rate.burst) if rate else "",

@@ -45,6 +45,7 @@ from orchestrator.apps.announcements.pipeline_settings import (
 from orchestrator.apps.announcements.store import Store, open_store
 from orchestrator.config import Config, ConfigError
 from orchestrator.worker import Job, Unavailable, load_worker_config
+from orchestrator.worker.workerenv import config_path
 
 __all__ = ["AiHandler", "InvestorHandler", "UploadHandler", "worker_config"]
 
@@ -55,7 +56,7 @@ BatchResults = list[dict[str, Any] | Exception | None]
 
 def worker_config(env: Mapping[str, str]) -> Config:
     """The config file the spawner named in ``ORCH_CONFIG`` (required)."""
-    config = load_worker_config(env.get("ORCH_CONFIG"), required=True)
+    config = load_worker_config(config_path(env), required=True)
     assert config is not None
     return config
 

@@ -48,7 +48,7 @@ from orchestrator.scripts import load_lua
 if TYPE_CHECKING:
     from orchestrator.apps.batch.progress import Pacer
 
-__all__ = ["BatchState", "Ledger", "ShardRecord", "batch_fields"]
+__all__ = ["BatchLedger", "BatchState", "ShardRecord", "batch_fields"]
 
 LUA_PACKAGE = "orchestrator.apps.batch"  # its scripts: orchestrator/apps/batch/lua/
 
@@ -106,7 +106,7 @@ def batch_fields(request: BatchRequest, total: int, stream: str) -> dict[str, st
     }
 
 
-class Ledger:
+class BatchLedger:
     """The batch hashes, through their Lua scripts.
 
     With a ``pacer`` (a worker's), every write waits its turn: a worker

@@ -36,7 +36,7 @@ from pathlib import Path
 import redis
 from loguru import logger
 
-from orchestrator.apps.batch.batch_record import BatchState, Ledger, ShardRecord, batch_fields
+from orchestrator.apps.batch.batch_record import BatchLedger, BatchState, ShardRecord, batch_fields
 from orchestrator.apps.batch.batch_settings import BatchSettings
 from orchestrator.apps.batch.engine import CandleRepository, FormulaError, ProcessingEngine
 from orchestrator.apps.batch.progress import Pacer, ShardProgress
@@ -78,7 +78,7 @@ class BatchRunner:
         self.repository = build_repository(settings)
         self.engine = ProcessingEngine(self.repository, settings.max_workers)
         self.pacer = Pacer(settings.progress_interval_s)  # this worker's writes to Redis
-        self.ledger = Ledger(client, settings.keep_s, self.pacer)
+        self.ledger = BatchLedger(client, settings.keep_s, self.pacer)
         self.shards_run = 0  # shards this worker ran to the end
         self.host = worker.host or socket.gethostname()
 

@@ -4,7 +4,7 @@
 enqueue, reads it with the worker's own reader (so both refuse the same
 jobs), checks the formula (and the timeframe, when the data root is
 visible from here), splits it into shards and registers the batch with all
-its shards in one Lua call (``Ledger.register``): a batch id is queued
+its shards in one Lua call (``BatchLedger.register``): a batch id is queued
 once, whole, or not at all.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from orchestrator.apps.batch.batch_record import Ledger, batch_fields
+from orchestrator.apps.batch.batch_record import BatchLedger, batch_fields
 from orchestrator.apps.batch.batch_settings import BatchSettings
 from orchestrator.apps.batch.request import BatchRejected, BatchRequest, check_request
 from orchestrator.apps.batch.runner import build_repository
@@ -85,7 +85,7 @@ def submit(
     ensure_group(client, queue)
     fields = batch_fields(shards[0], total, queue.stream)
     payloads = [s.payload() for s in shards]
-    if not Ledger(client, keep_s).register(fields, queue.stream, payloads):
+    if not BatchLedger(client, keep_s).register(fields, queue.stream, payloads):
         raise BatchExists(f"batch id {request.batch_id!r} exists already: choose another --id")
     return Submitted(request.batch_id, total, len(shards), queue.stream)
 

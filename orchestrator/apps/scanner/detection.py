@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator import codec
 from orchestrator.apps.scanner.patterns import apply_cooloff, detect
 from orchestrator.apps.scanner.rolling import SymbolState, Windows
 from orchestrator.apps.scanner.scanner_settings import PatternSettings
@@ -38,7 +39,9 @@ _INF = float("inf")
 
 
 @dataclass(slots=True)
-class Outcome:
+class DetectionOutcome:
+    """What a batch of rows gave: alerts, refused rows (with why), alerts cooled off."""
+
     alerts: list[AlertRow] = field(default_factory=list)
     invalid: list[tuple[int, str]] = field(default_factory=list)
     suppressed: int = 0
@@ -53,14 +56,14 @@ class PatternEngine:
         self.states: dict[str | bytes, SymbolState] = {}
         self.z_min = min(settings.volume_spike_z, settings.breakout_volume_z)
 
-    def process(self, rows: Sequence[Row], mute: bool = False) -> Outcome:
+    def process(self, rows: Sequence[Row], mute: bool = False) -> DetectionOutcome:
         """Every row in order; ``mute`` updates state and cool-offs but keeps no alerts.
 
         The hot loop of the scanner: parsing is inlined and detectors run only
         when a cheap pre-filter (volume z-score or EMA spread past the lowest
         threshold) lets a tick through.
         """
-        out = Outcome()
+        out = DetectionOutcome()
         states, w, warmup = self.states, self.windows, self.settings.warmup_ticks
         z_min, spread_min = self.z_min, self.settings.momentum_spread
         for index, row in enumerate(rows):
@@ -85,8 +88,8 @@ class PatternEngine:
         return out
 
     def emit(
-        self, st: SymbolState, symbol: Any, index: int, price: float, ts: float, out: Outcome,
-        mute: bool,
+        self, st: SymbolState, symbol: Any, index: int, price: float, ts: float,
+        out: DetectionOutcome, mute: bool,
     ) -> None:  # fmt: skip
         """Run the detectors on the tick just observed; alerts past the cool-off go to ``out``."""
         found = detect(st, price, self.settings)
@@ -95,7 +98,7 @@ class PatternEngine:
         passed, suppressed = apply_cooloff(st, found, ts, self.settings.cooloff_s)
         out.suppressed += suppressed
         if passed and not mute:
-            name = symbol.decode() if type(symbol) is bytes else str(symbol)
+            name = codec.text(symbol)
             out.alerts.extend((index, name, *c[:2], price, ts, c[2]) for c in passed)
 
     def evict_idle(self) -> int:
@@ -119,7 +122,7 @@ class PatternEngine:
 def _why_invalid(row: Row) -> str:
     """The reason a row was refused, for the caller's dead letters."""
     try:
-        symbol, p, v, t = (x.decode(errors="replace") if type(x) is bytes else x for x in row)
+        symbol, p, v, t = (codec.decoded(x) for x in row)
     except (TypeError, ValueError):
         return "tick needs symbol, price, volume and ts"
     if symbol is None or p is None or v is None or t is None:

@@ -37,7 +37,7 @@ def child_env(base: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-class Channel:
+class PoolPipe:
     """One running pool process serving ``partition``."""
 
     def __init__(self, partition: int, argv: Sequence[str]) -> None:

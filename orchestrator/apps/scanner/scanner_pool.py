@@ -66,10 +66,10 @@ from orchestrator.apps.scanner.frames import (
     split_rows,
 )
 from orchestrator.apps.scanner.frames import split_entries as _split
-from orchestrator.apps.scanner.metrics import PoolMetrics
 from orchestrator.apps.scanner.partitions import Ledger, TickBatch
 from orchestrator.apps.scanner.patterns import Alert
-from orchestrator.apps.scanner.poolpipes import Channel, default_argv
+from orchestrator.apps.scanner.poolpipes import PoolPipe, default_argv
+from orchestrator.apps.scanner.scanner_metrics import PoolMetrics
 from orchestrator.apps.scanner.scanner_settings import BacklogPolicy, ScannerSettings
 from orchestrator.procs import tree_rss_bytes
 
@@ -135,7 +135,7 @@ class ScannerPool:
         self._rss_of = rss_of
         self._clock = clock
         self._ledgers = [Ledger.empty(p, settings.checkpoint_batches) for p in range(self.workers)]
-        self._channels: list[Channel] = []
+        self._channels: list[PoolPipe] = []
         self._selector = selectors.DefaultSelector()
         self._results: list[BatchResult] = []
         self._partitions: dict[Any, int] = {}
@@ -292,10 +292,10 @@ class ScannerPool:
 
     # -- the processes -----------------------------------------------------
 
-    def _spawn(self, part: int) -> Channel:
+    def _spawn(self, part: int) -> PoolPipe:
         """Start the process of ``part``: init, then replay the tail muted."""
         ledger = self._ledgers[part]
-        ch = Channel(part, self._argv)
+        ch = PoolPipe(part, self._argv)
         self._selector.register(ch.read_fd, selectors.EVENT_READ, ch)
         init = pickle.dumps((self.settings.patterns, ledger.checkpoint), pickle.HIGHEST_PROTOCOL)
         ch.send(encode(Kind.INIT, Flag.NONE, 0, init))
@@ -314,7 +314,7 @@ class ScannerPool:
         if ch.dead:
             self._restart(part, RestartCause.CRASH)
 
-    def _watch(self, ch: Channel) -> None:
+    def _watch(self, ch: PoolPipe) -> None:
         """Ask the selector for write readiness only while output is pending."""
         watched = ch.write_fd in self._selector.get_map()
         if ch.pending and not ch.dead and not watched:
@@ -325,7 +325,7 @@ class ScannerPool:
     def _pump(self, timeout_s: float) -> None:
         """One round of I/O with every process, then the periodic checks."""
         for key, mask in self._selector.select(timeout_s):
-            ch: Channel = key.data
+            ch: PoolPipe = key.data
             if ch is not self._channels[ch.partition]:
                 continue  # replaced earlier in this round
             if mask & selectors.EVENT_WRITE:
