@@ -60,7 +60,10 @@ def config(url: str) -> dict[str, Any]:
     return {
         "redis": {"url": url},
         "spawner": {"host": "bench", "status_interval": 3600},
-        "queues": {A: {**queue, "then": B}, B: {**queue, "max_attempts": 1}},
+        "queues": {
+            A: {**queue, "label": "SOAK_A", "then": B},
+            B: {**queue, "label": "SOAK_B", "max_attempts": 1},
+        },
     }
 
 

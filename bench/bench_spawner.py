@@ -169,7 +169,10 @@ def idle_cost(url: str, seconds: float = 30.0) -> dict[str, float]:
     state: from its second tick (the first loads the probe script) to the
     last, so one-off start-up and shutdown calls are not averaged in; the
     30-second consumer sweep is (once per run)."""
-    queues = {f"queue_{i:02d}": {"command": ["true"], "max_concurrent": 2} for i in range(20)}
+    queues = {
+        f"queue_{i:02d}": {"command": ["true"], "max_concurrent": 2, "label": f"Q{i:02d}"}
+        for i in range(20)
+    }
     config = parse_config(
         {
             "redis": {"url": url},

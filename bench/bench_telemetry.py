@@ -81,7 +81,7 @@ def _config(url: str, setting: str, busy: bool) -> tuple[Any, int | None]:
     spawner["history"] = {"off": False, "default": "auto", "on": True}[setting]
     if port is not None:
         spawner["metrics_port"] = port
-    queues = {f"queue_{i:02d}": dict(queue) for i in range(QUEUES)}
+    queues = {f"queue_{i:02d}": {**queue, "label": f"Q{i:02d}"} for i in range(QUEUES)}
     data = {"redis": {"url": url}, "spawner": spawner, "queues": queues}
     return parse_config(data, root=ROOT, env={}), port
 
