@@ -52,14 +52,19 @@ class Acks:
         self.short_of_replicas = False  # the last WAIT timed out (logged once per episode)
         self.reaction = Reaction(settings) if settings.report_reaction else None
 
-    def ack(self, job: Job, result: dict[str, Any] | None, *, now: bool = False) -> None:
-        """``job`` succeeded; flushed when ``now`` or the batch is old enough."""
-        self._note()
+    def ack(
+        self, job: Job, result: dict[str, Any] | None, *, now: bool = False, at: float = 0.0
+    ) -> None:
+        """``job`` succeeded; flushed when ``now`` or the batch is old enough.
+        ``at``: the monotonic time, if the caller has it."""
+        at = at or time.monotonic()
+        if not self.acks:
+            self.first_at = at
         self.acks.append(job.id)
         if result is not None and self.s.then:
             self.forwards.append(result)
         self.processed += 1
-        if now or time.monotonic() - self.first_at >= FLUSH_AFTER_S:
+        if now or at - self.first_at >= FLUSH_AFTER_S:
             self.flush()
 
     def dead(self, job: Job, error: str) -> None:

@@ -37,6 +37,7 @@ def worker_client(settings: Settings) -> redis.Redis:
         decode=True,  # by hiredis, in C; bytes that are not UTF-8 survive (codec)
         single_connection=True,
         fail_fast=False,
+        c_packer=True,  # an acknowledgement carries a batch of ids
     )
 
 

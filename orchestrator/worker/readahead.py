@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from collections import defaultdict
 from typing import Any
 
@@ -62,16 +61,15 @@ class ReadAhead:
             self._jobs, self._next = jobs, 0
             self._started_at = math.inf
 
-    def take(self) -> tuple[Job, float] | None:
-        """The next job and its start time (monotonic), or None: all started
+    def take(self, now: float) -> Job | None:
+        """The next job, starting ``now`` (monotonic), or None: all started
         or given back."""
         with self._lock:
             if self._next >= len(self._jobs):
                 return None
-            job = self._jobs[self._next]
             self._next += 1
-            self._started_at = now = time.monotonic()
-            return job, now
+            self._started_at = now
+            return self._jobs[self._next - 1]
 
     def finished(self) -> None:
         """The job in hand is done (what follows, such as waiting for a rate

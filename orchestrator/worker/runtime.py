@@ -179,42 +179,47 @@ class WorkerRuntime(StreamReads):
     def _run_one_by_one(self, jobs: list[Job]) -> None:
         """Jobs one at a time, suspects first (each under the in-hand
         marker), the fresh ones on a lean path (the hot path of most
-        workers). Each is taken from the read-ahead, which gives back those
-        left waiting behind a long job; a stop request or the deadline
-        between two jobs leaves the rest pending for the next worker."""
+        workers: one clock reading a job). Each is taken from the
+        read-ahead, which gives back those left waiting behind a long job;
+        a stop request or the deadline between two jobs leaves the rest
+        pending for the next worker."""
         ahead, handle = self.ahead, self.handle_one
         assert handle is not None
-        ahead.hold(sorted(jobs, key=lambda j: not self._suspect(j)))  # stable
-        spent_s, done, fresh = 0.0, 0, 0
+        suspects = self.s.max_attempts == 1 or any(j.attempts > 1 for j in jobs)
+        ahead.hold(sorted(jobs, key=lambda j: not self._suspect(j)) if suspects else jobs)
+        stop_at = self._stop_taking_work_at()
+        spent_s, done, fresh, now = 0.0, 0, 0, time.monotonic()
         try:
             while ahead.holding:
-                if not self._may_start(done):
+                if (done and (self.stopping or now >= stop_at)) or not self._token():
                     ahead.hold([])  # not started: given back uncounted, via the spawner
                     self.acks.release()
                     return
-                if (taken := ahead.take()) is None:  # given back meanwhile
+                if self.rate is not None:  # the token may have taken a while
+                    now = time.monotonic()
+                if (job := ahead.take(now)) is None:  # given back meanwhile
                     return
-                job, started = taken
                 done += 1
-                if self._suspect(job):
+                if suspects and self._suspect(job):
                     self.acks.mark_in_hand([job])
                     self._run_handler([job], rated=False)
                     ahead.finished()
                     self.acks.flush(clear_in_hand=True)
+                    now = time.monotonic()
                     continue
                 self._starting((job,))
+                started, now = now, self._run_one(handle, job)
+                ahead.finished()
+                spent_s += now - started
                 fresh += 1
-                try:
-                    self._run_one(handle, job)
-                finally:
-                    ahead.finished()
-                    spent_s += time.monotonic() - started
         finally:
+            ahead.finished()
             if self.heartbeat is not None:
                 self.heartbeat.jobs = ()
             self._timed(spent_s, fresh)
 
-    def _run_one(self, handle: Handler, job: Job) -> None:
+    def _run_one(self, handle: Handler, job: Job) -> float:
+        """Run ``job``; its outcome noted; the monotonic time it ended."""
         try:
             result = handle(job.data)
         except (Unavailable, Interrupted):
@@ -225,15 +230,18 @@ class WorkerRuntime(StreamReads):
             raise Unavailable(f"Redis: {exc}") from exc
         except Exception as exc:
             self._failed([job], exc)
-        else:
-            self.acks.ack(job, result, now=self.stopping)
+            return time.monotonic()
+        ended = time.monotonic()
+        self.acks.ack(job, result, now=self.stopping, at=ended)
+        return ended
 
-    def _may_start(self, done: int) -> bool:
-        """May the next job start? Not when asked to stop or near the
-        deadline (after the first); and only with a token, where the queue
-        is rate-limited."""
-        if done and (self.stopping or self._deadline_near()):
-            return False
+    def _stop_taking_work_at(self) -> float:
+        """The monotonic time past which no job starts (``_deadline_near``)."""
+        margin = max(0.5, 1.5 * self.avg_job_s)
+        return time.monotonic() + self.s.deadline - time.time() - margin
+
+    def _token(self) -> bool:
+        """A token of the queue's rate limit, where it has one (a wait)."""
         return self.rate is None or self.rate.wait(1, self)
 
     def _starting(self, jobs: Sequence[Job]) -> None:
