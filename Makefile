@@ -36,7 +36,7 @@ run: $(RUN_STAMP)
 	$(BIN)/orchestrator demo
 
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -95,14 +95,15 @@ def test_workers_are_the_spawners_children_from_their_first_instruction() -> Non
         "from orchestrator import procs\n"
         "pid = procs.fork_sibling()\n"
         "if pid == 0:\n"
-        "    os.write(1, f'ppid {os.getppid()}\\n'.encode())\n"
+        "    os.write(2, f'{os.getppid()}\\n'.encode())\n"
         "    os._exit(7)\n"
-        "print('child', pid, flush=True)\n"
+        "print(pid, flush=True)\n"
+    )  # each says its line on its own pipe: the two writes race
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    out, _ = child.communicate(timeout=30)
-    said = dict(line.split() for line in out.splitlines())
-    first_ppid, grandchild = int(said["ppid"]), int(said["child"])
+    out, err = child.communicate(timeout=30)
+    first_ppid, grandchild = int(err), int(out)
     assert first_ppid == os.getpid()  # our child's child is ours
     pid, status = os.waitpid(grandchild, 0)  # and we, not it, reap it
     assert pid == grandchild and os.waitstatus_to_exitcode(status) == 7
