@@ -2,7 +2,9 @@
 
 Subject: the real spawner (``orchestrator run``) with ``config/workers.yaml``
 as shipped (AI max 3, UPLOAD max 2 in batches of 50, INVESTOR max 1, the
-seed's cooldowns and idle timeouts) on a private Redis, against a fresh
+seed's cooldowns and idle timeouts) but for the AI queue's ``rate_limit``
+(the HTTP endpoint's quota: the offline analyser the bench runs has none,
+and at 600/min the bench would measure the limit, 10 jobs/s) on a private Redis, against a fresh
 database (a new SQLite file; a Postgres schema of its own, dropped after).
 The 1,000 jobs are queued at once; the clock runs from the first XADD until
 every queue is drained (nothing undelivered or pending, probed every 20 ms).
@@ -145,6 +147,8 @@ def pipeline(
             raw, config, db, server.url, f"bench-{os.getpid()}", queue_limits={},
             spawner_limits={"status_interval": 1.0},
         )  # fmt: skip
+        for key in ("rate_limit", "rate_burst"):  # the endpoint's quota: see the docstring
+            derived["queues"]["ai_processing"].pop(key, None)
         path = work / f"{backend}.yaml"
         path.write_text(yaml.safe_dump(derived, sort_keys=False))
         cfg = load_config(path)

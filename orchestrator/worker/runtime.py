@@ -222,18 +222,24 @@ class WorkerRuntime(StreamReads):
         """Run ``job``; its outcome noted; the monotonic time it ended."""
         try:
             result = handle(job.data)
-        except (Unavailable, Interrupted):
-            self.acks.release()  # none of the deliveries this worker holds counts
-            raise
-        except REDIS_DOWN as exc:  # a Redis the handler uses is down
-            self.acks.release()
-            raise Unavailable(f"Redis: {exc}") from exc
         except Exception as exc:
-            self._failed([job], exc)
+            self._handler_raised(exc, [job])
             return time.monotonic()
         ended = time.monotonic()
         self.acks.ack(job, result, now=self.stopping, at=ended)
         return ended
+
+    def _handler_raised(self, exc: Exception, jobs: list[Job]) -> None:
+        """What a handler's exception means. ``Unavailable`` and
+        ``Interrupted`` (and a Redis error: a Redis the handler uses is down)
+        end the worker with none of the deliveries it holds counted; any
+        other is a failed attempt of ``jobs``."""
+        if isinstance(exc, (Unavailable, Interrupted, *REDIS_DOWN)):
+            self.acks.release()
+            if isinstance(exc, (Unavailable, Interrupted)):
+                raise exc
+            raise Unavailable(f"Redis: {exc}") from exc
+        self._failed(jobs, exc)
 
     def _stop_taking_work_at(self) -> float:
         """The monotonic time past which no job starts (``_deadline_near``)."""
@@ -269,14 +275,8 @@ class WorkerRuntime(StreamReads):
         self._starting(jobs)
         try:
             results = self.handle_batch(jobs)
-        except (Unavailable, Interrupted):
-            self.acks.release()  # none of the deliveries this worker holds counts
-            raise
-        except REDIS_DOWN as exc:  # a Redis the handler uses is down
-            self.acks.release()
-            raise Unavailable(f"Redis: {exc}") from exc
         except Exception as exc:
-            self._failed(jobs, exc)
+            self._handler_raised(exc, jobs)
             return
         finally:
             if self.heartbeat is not None:
