@@ -94,6 +94,34 @@ def test_slow_jobs_behind_quick_ones_spread_too(
     assert not sp.lines("keep failing")
 
 
+def test_work_given_back_runs_before_newer_work_when_no_worker_is_free(
+    redis_url: str, r: TextRedis, spawner_factory: Any
+) -> None:
+    """One worker (max_concurrent 1) gives back what it read behind a slow
+    job; newer jobs arrive meanwhile. With no idle worker to hand them to,
+    what it gave back is taken again as its next jobs, before the newer
+    ones, not once they are done."""
+    sp = spawner_factory(
+        redis_url,
+        {"ai_processing": {"script": FLOW, "label": "AI", "max_concurrent": 1}},
+        shipped_defaults=True,
+    ).start()
+    behind = [{"id": f"b{i}", "seconds": 0.02} for i in range(4)]
+    stage(r, "ai_processing", [{"id": f"q{i}"} for i in range(300)])
+    stage(r, "ai_processing", [{"id": "slow", "seconds": 1.5}, *behind])
+    wait_until(lambda: "slow" in [row[0] for row in starts(r)], 15)
+
+    def nothing_behind_slow() -> bool:  # given back, or never read with it
+        gave_back = r.xlen(keys.wake("test-spawner")) > 0
+        return gave_back or int(r.xinfo_groups("ai_processing")[0]["lag"]) >= len(behind)
+
+    wait_until(nothing_behind_slow, 5)
+    stage(r, "ai_processing", [{"id": f"t{i}", "seconds": 0.1} for i in range(20)])
+    wait_until(lambda: r.scard("flow:done") == 300 + 5 + 20, 30, message=sp.text)
+    order = [row[0] for row in starts(r)]
+    assert max(order.index(str(b["id"])) for b in behind) < order.index("t3"), order[298:]
+
+
 def test_a_kill_storm_does_not_stall_the_queue(
     redis_url: str, r: TextRedis, spawner_factory: Any
 ) -> None:

@@ -48,7 +48,7 @@ from orchestrator.worker.jobs import (
 )
 from orchestrator.worker.ratelimit import RateLimiter
 from orchestrator.worker.readahead import ReadAhead
-from orchestrator.worker.streamreads import REDIS_DOWN, StopWaiting, StreamReads
+from orchestrator.worker.streamreads import FIRST_READ, REDIS_DOWN, StopWaiting, StreamReads
 from orchestrator.worker.workerenv import Settings
 
 # SIGTERM and SIGINT stop a worker after the job in hand; so does SIGUSR1,
@@ -75,6 +75,7 @@ class WorkerRuntime(StreamReads):
         self.handle_one = handle_one
         self.client = client or worker_client(settings)
         self.acks = Acks(self.client, settings)
+        self.own_script = self.client.register_script(FIRST_READ)
         self.stopping = False
         self.drained = False  # draining, and nothing of our own is left
         self.failed = 0

@@ -3,8 +3,9 @@
 The first round trip (``first_read.lua``) names the connection, takes its
 client id and reads the first jobs. Then the worker's own pending list
 (work handed to it, or its own failures, with their delivery counts) is
-read when it can have gained entries, and at least every
-``OWN_CHECK_INTERVAL_S``; new entries are read in a blocking read that a
+read when it can have gained entries, and before a read that comes
+``OWN_CHECK_INTERVAL_S`` after the last look; new entries are read in a
+blocking read (of at most ``BLOCK_MAX_S``) that a
 stop signal cuts short (as it cuts short a ``pause``, a wait for a rate
 limit's token), as many as ``read_size`` says. What was read is
 triaged before a handler sees it: entries deleted while pending are
@@ -20,14 +21,20 @@ from typing import Any
 
 import redis
 
-from orchestrator import codec
+from orchestrator import codec, keys
 from orchestrator.scripts import load_lua
 from orchestrator.worker.acks import Acks
 from orchestrator.worker.jobs import Handler, Job
 from orchestrator.worker.readahead import PREFETCH_WINDOW_S
 from orchestrator.worker.workerenv import Settings
 
-OWN_CHECK_INTERVAL_S = 1.0  # re-read our own pending entries at least this often
+# Our own pending entries are read again before a read that comes this long
+# after the last look (so a busy worker finds entries handed to it as its
+# next jobs; quick ones pay a round trip per 50 ms), and a blocking read for
+# new ones lasts at most BLOCK_MAX_S (entries handed to an idle worker that
+# was not yet blocked, so not woken, wait no longer).
+OWN_CHECK_INTERVAL_S = 0.05
+BLOCK_MAX_S = 1.0
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 FIRST_READ = load_lua("first_read.lua")
 
@@ -48,6 +55,7 @@ class StreamReads:
     waiting: bool  # in a blocking read for new entries, or a pause
     drained: bool  # draining, and nothing of our own is left
     check_own: bool  # read our own pending entries before new ones
+    own_script: Any  # first_read.lua, registered on the client (a redis-py Script)
     own_checked_at: float
     last_work: float
     avg_job_s: float
@@ -59,7 +67,9 @@ class StreamReads:
         first (``first_read.lua``), sent together on the reading connection."""
         s, conn = self.s, self.client.connection
         assert conn is not None  # a single-connection client
-        args = (s.group, s.consumer, s.batch_size, 0 if s.drain else self.read_size())
+        size = self.read_size()
+        new = 0 if s.drain else size
+        args = (s.group, s.consumer, s.batch_size, new, size, keys.PARKING_CONSUMER)
         commands = [
             ("CLIENT", "SETNAME", s.consumer),  # so the spawner finds it before the heartbeat
             ("CLIENT", "ID"),
@@ -79,9 +89,7 @@ class StreamReads:
         now = time.monotonic()
         self.own_checked_at = now
         self.check_own = bool(own)
-        delivered = {str(i): int(n) for i, n in counts}
-        jobs = [Job(i, fields_of(f), delivered.get(i, 1)) for i, f in own]
-        jobs += [Job(i, fields_of(f), 1) for i, f in fresh]
+        jobs = jobs_of(own, counts) + [Job(i, fields_of(f), 1) for i, f in fresh]
         if jobs:
             self.last_work = now
         return client_id, jobs
@@ -90,27 +98,27 @@ class StreamReads:
         """Own pending entries first (with their delivery counts), then new.
 
         Our own pending list can only gain entries at start, after a failed
-        attempt, or when the spawner hands us recovered work (it then cuts
-        our blocking read short). So it is read then, and at least every
-        ``OWN_CHECK_INTERVAL_S``, not before every batch.
+        attempt, or when the spawner hands us recovered or given-back work
+        (it then cuts our blocking read short, or, while we run a job, they
+        are to be our next). So it is read then, and before a read that
+        comes ``OWN_CHECK_INTERVAL_S`` after the last look (every read, when
+        jobs are slow), not before every batch of quick ones.
         """
         s = self.s
         now = time.monotonic()
         if self.check_own or now - self.own_checked_at >= OWN_CHECK_INTERVAL_S:
             self.own_checked_at = now
-            reply = self.client.xreadgroup(s.group, s.consumer, {s.stream: "0"}, count=s.batch_size)
-            entries = entries_of(reply)
-            self.check_own = bool(entries)
-            if entries:
-                counts = self._delivery_counts([e[0] for e in entries])
-                return [Job(i, f, counts.get(i, 1)) for i, f in entries]
+            own = self._read_own()
+            self.check_own = bool(own)
+            if own:
+                return own
         if s.drain:  # what we were handed only: nothing new is taken
             self.drained = True
             return []
         block_s = min(
             s.idle_timeout_s - (time.monotonic() - self.last_work),
             s.deadline - time.time() - max(0.5, 1.5 * self.avg_job_s),
-            OWN_CHECK_INTERVAL_S,  # entries handed to us while we were not yet blocked
+            BLOCK_MAX_S,  # entries handed to us while we were not yet blocked
         )
         if block_s <= 0:
             return []
@@ -165,16 +173,13 @@ class StreamReads:
             self.waiting = False
         return self.stopping
 
-    def _delivery_counts(self, ids: Sequence[str]) -> dict[str, int]:
-        rows = self.client.xpending_range(
-            self.s.stream,
-            self.s.group,
-            min=ids[0],
-            max=ids[-1],
-            count=len(ids) * 2,
-            consumername=self.s.consumer,
-        )
-        return {str(r["message_id"]): int(r["times_delivered"]) for r in rows}
+    def _read_own(self) -> list[Job]:
+        """Our own pending entries with their delivery counts, parked ones
+        taken first (``first_read.lua``, one round trip)."""
+        s = self.s
+        args = [s.group, s.consumer, s.batch_size, 0, self.read_size(), keys.PARKING_CONSUMER]
+        own, counts, _ = self.own_script(keys=[s.stream], args=args)
+        return jobs_of(own, counts)
 
     def _triage(self, jobs: list[Job]) -> list[Job]:
         """The jobs a handler can run; entries deleted from the stream while
@@ -199,6 +204,13 @@ def entries_of(reply: Any) -> list[tuple[str, dict[str, str]]]:
         for entry_id, fields in item[1]:
             out.append((entry_id, fields or {}))
     return out
+
+
+def jobs_of(own: Sequence[Any], counts: Sequence[Any]) -> list[Job]:
+    """Own pending entries as ``first_read.lua`` returns them, with their
+    delivery counts."""
+    delivered = {str(i): int(n) for i, n in counts}
+    return [Job(i, fields_of(f), delivered.get(i, 1)) for i, f in own]
 
 
 def fields_of(flat: Sequence[str]) -> dict[str, str]:
