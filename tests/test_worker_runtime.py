@@ -88,6 +88,24 @@ def test_sigterm_finishes_the_job_in_hand_and_what_waits_behind_it_goes_back_unc
     assert r.get(keys.worker_heartbeat(CONSUMER)) is None  # withdrawn on exit
 
 
+def test_jobs_done_before_a_long_one_are_acknowledged_while_it_runs(
+    redis_url: str, r: TextRedis, tmp_path: Path
+) -> None:
+    """Their outcomes do not wait for the long job (were the worker to die
+    in it, they would be charged and run again): the heartbeat thread
+    writes them once the long job has run 50 ms."""
+    quick = [{"id": f"q{i}"} for i in range(6)]
+    ids = add(r, *quick, {"id": "long", "action": "sleep", "seconds": 3.0})
+    worker = start_worker(redis_url, tmp_path)
+    try:
+        wait_until(lambda: f"long {CONSUMER}" in r.lrange("test:started", 0, -1), 15)
+        assert wait_until(lambda: pending_ids(r) == [ids[-1]] or None, 1.0)
+        assert "long" not in r.smembers("test:done")  # it is still running
+        assert r.exists(keys.worker_done(CONSUMER))  # its completed work is on record
+    finally:
+        worker.kill()
+
+
 def test_sigterm_between_quick_jobs_leaves_the_rest_pending_uncounted(
     redis_url: str, r: TextRedis, tmp_path: Path
 ) -> None:

@@ -14,6 +14,7 @@ charged an attempt.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -51,6 +52,9 @@ class Acks:
         self.reported = False  # orch:done:<consumer> is set
         self.short_of_replicas = False  # the last WAIT timed out (logged once per episode)
         self.reaction = Reaction(settings) if settings.report_reaction else None
+        # The main thread adds outcomes; the heartbeat thread may flush them
+        # while a long job runs (``readahead``).
+        self._lock = threading.Lock()
 
     def ack(
         self, job: Job, result: dict[str, Any] | None, *, now: bool = False, at: float = 0.0
@@ -58,19 +62,24 @@ class Acks:
         """``job`` succeeded; flushed when ``now`` or the batch is old enough.
         ``at``: the monotonic time, if the caller has it."""
         at = at or time.monotonic()
-        if not self.acks:
-            self.first_at = at
-        self.acks.append(job.id)
-        if result is not None and self.s.then:
-            self.forwards.append(result)
-        self.processed += 1
-        if now or at - self.first_at >= FLUSH_AFTER_S:
+        with self._lock:
+            if not self.acks:
+                self.first_at = at
+            self.acks.append(job.id)
+            if result is not None and self.s.then:
+                self.forwards.append(result)
+            self.processed += 1
+            due = now or at - self.first_at >= FLUSH_AFTER_S
+        if due:
             self.flush()
 
     def dead(self, job: Job, error: str) -> None:
-        self._note()
-        self.acks.append(job.id)
-        self.dead_letters.append(dead_letter_fields(job.fields, error, job.attempts, job.id))
+        letter = dead_letter_fields(job.fields, error, job.attempts, job.id)
+        with self._lock:
+            if not self.acks:
+                self.first_at = time.monotonic()
+            self.acks.append(job.id)
+            self.dead_letters.append(letter)
         logger.warning(f"{self.s.worker_id}: job {job.id} dead-lettered: {error}")
 
     def mark_in_hand(self, jobs: Sequence[Job]) -> None:
@@ -82,10 +91,6 @@ class Acks:
         """Stopping with entries read but not started: none was attempted."""
         self.client.set(keys.in_hand(self.s.consumer), "")
 
-    def _note(self) -> None:
-        if not self.acks:
-            self.first_at = time.monotonic()
-
     def finish(self) -> None:
         """At a clean exit: what is left, the reaction times of failed jobs
         too (they ride on acknowledgements otherwise); one round trip at most."""
@@ -96,29 +101,35 @@ class Acks:
         self.reaction.queue_on(pipe)
         pipe.execute()
 
-    def flush(self, clear_in_hand: bool = False) -> None:
-        if not self.acks and not clear_in_hand:
-            return
-        pipe = self.client.pipeline(transaction=True)
-        if clear_in_hand:
-            pipe.delete(keys.in_hand(self.s.consumer))
-        for result in self.forwards:
-            pipe.xadd(self.s.then or "", {codec.PAYLOAD: codec.encode_payload(result)})
-        for fields in self.dead_letters:
-            pipe.xadd(keys.dead_stream(self.s.stream), fields)  # type: ignore[arg-type]
-        if self.acks:
-            pipe.xack(self.s.stream, self.s.group, *self.acks)
-            if not self.reported:
-                mark_done(pipe, self.s)
-        if self.reaction is not None:
-            self.reaction.queue_on(pipe)
-        pipe.execute()
-        if self.acks:
-            self.reported = True
-            self._wait_for_replicas()
-        self.acks, self.forwards, self.dead_letters = [], [], []
+    def flush(self, clear_in_hand: bool = False, *, client: redis.Redis | None = None) -> None:
+        """Write what is pending in one MULTI/EXEC. ``client``: another
+        connection than the worker's (the heartbeat thread's, while the main
+        thread runs a long job; the reaction times then wait: they are the
+        main thread's)."""
+        with self._lock:
+            if not self.acks and not clear_in_hand:
+                return
+            on = client or self.client
+            pipe = on.pipeline(transaction=True)
+            if clear_in_hand:
+                pipe.delete(keys.in_hand(self.s.consumer))
+            for result in self.forwards:
+                pipe.xadd(self.s.then or "", {codec.PAYLOAD: codec.encode_payload(result)})
+            for fields in self.dead_letters:
+                pipe.xadd(keys.dead_stream(self.s.stream), fields)  # type: ignore[arg-type]
+            if self.acks:
+                pipe.xack(self.s.stream, self.s.group, *self.acks)
+                if not self.reported:
+                    mark_done(pipe, self.s)
+            if self.reaction is not None and client is None:
+                self.reaction.queue_on(pipe)
+            pipe.execute()
+            if self.acks:
+                self.reported = True
+                self._wait_for_replicas(on)
+            self.acks, self.forwards, self.dead_letters = [], [], []
 
-    def _wait_for_replicas(self) -> None:
+    def _wait_for_replicas(self, client: redis.Redis) -> None:
         """``redis.wait_replicas``: the acknowledgement (and the results it
         handed on) is on that many replicas before the next job starts, so a
         failover cannot forget it. Short of them at the timeout: logged once,
@@ -126,7 +137,7 @@ class Acks:
         want = self.s.wait_replicas
         if not want:
             return
-        got = int(self.client.wait(want, int(self.s.wait_timeout_s * 1000)))
+        got = int(client.wait(want, int(self.s.wait_timeout_s * 1000)))
         if got < want and not self.short_of_replicas:
             logger.warning(
                 f"{self.s.worker_id}: acknowledgement on {got} of {want} replica(s) after "

@@ -6,7 +6,8 @@ UNBLOCK`` when it hands the worker recovered entries), the jobs in hand,
 and whether the worker gives its slot up on SIGUSR1. It lives
 ``HEARTBEAT_TTL_S`` unless renewed, and is deleted on a clean exit. The same
 thread, on the same connection, gives back entries the worker read ahead
-that wait behind a long job (``readahead``).
+that wait behind a long job, and writes the outcomes of those done before
+it (``readahead``).
 """
 
 from __future__ import annotations
@@ -102,21 +103,22 @@ class Heartbeat:
                 if now >= next_beat:
                     next_beat = now + HEARTBEAT_INTERVAL_S
                     self.beat()
-            if self.ahead is not None and self.ahead.holding:
-                self._give_back(now)
+            if self.ahead is not None and self.ahead.late(now):
+                self._on_late(now)
             wait_s = next_beat - now
             if self.ahead is not None:
                 wait_s = min(wait_s, CHECK_INTERVAL_S)
             if self._stop.wait(wait_s):
                 return
 
-    def _give_back(self, now: float) -> None:
-        """Entries waiting behind a long job go back (``readahead``); what
-        fails here is logged, never the end of the heartbeat (the entries
-        then stay this worker's, read again within a second)."""
+    def _on_late(self, now: float) -> None:
+        """The job in hand runs long: what waits behind it goes back, what
+        was done before it is written (``readahead``); what fails here is
+        logged, never the end of the heartbeat (the entries then stay this
+        worker's, read again before its next read)."""
         assert self.ahead is not None
         try:
-            self.ahead.give_back_if_late(self._connection(), now)
+            self.ahead.on_late(self._connection(), now)
         except redis.RedisError:
             pass  # the main loop notices outages
         except Exception:

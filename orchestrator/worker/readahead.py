@@ -10,7 +10,9 @@ uncounted (``RETRYCOUNT`` one less, as the reaper does for entries a dead
 worker never started), and the spawner woken (``orch:wake:<host>``), which
 hands them to idle workers or starts new ones at once. The main thread
 takes each next job under the same lock, so an entry is either started
-here or given back, never both.
+here or given back, never both. The same thread then writes the outcomes
+of the jobs done before the long one (``Acks.flush`` on its connection):
+they do not stay pending, to be charged and run again if the worker dies.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import redis
 
 from orchestrator import keys
+from orchestrator.worker.acks import Acks
 from orchestrator.worker.jobs import Job
 from orchestrator.worker.workerenv import Settings
 
@@ -41,19 +44,25 @@ CHECK_INTERVAL_S = 0.025
 class ReadAhead:
     """The jobs of one read that have not started yet, in order."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, acks: Acks) -> None:
         self.s = settings
+        self.acks = acks
         self._lock = threading.Lock()
         self._jobs: list[Job] = []
         self._next = 0  # index of the next job to start
         self._started_at = math.inf  # monotonic: when the job in hand started (inf: none)
+        self._seen_late = False  # the job in hand was found late (and acted on)
         self.given_back = 0  # entries given back so far (for the exit line)
 
     @property
     def holding(self) -> bool:
-        """Some job waits behind the one in hand (read without the lock: a
-        hint for how soon the heartbeat thread looks again)."""
+        """Some job waits behind the one in hand (read without the lock)."""
         return self._next < len(self._jobs)
+
+    def late(self, now: float) -> bool:
+        """The job in hand has run ``GIVE_BACK_AFTER_S``, not yet acted on
+        (read without the lock: ``on_late`` looks again under it)."""
+        return not self._seen_late and now - self._started_at >= GIVE_BACK_AFTER_S
 
     def hold(self, jobs: list[Job]) -> None:
         """The main thread is about to run ``jobs`` one by one."""
@@ -68,7 +77,7 @@ class ReadAhead:
             if self._next >= len(self._jobs):
                 return None
             self._next += 1
-            self._started_at = now
+            self._started_at, self._seen_late = now, False
             return self._jobs[self._next - 1]
 
     def finished(self) -> None:
@@ -76,22 +85,26 @@ class ReadAhead:
         limit's token, is not a job running long)."""
         self._started_at = math.inf
 
-    def give_back_if_late(self, client: redis.Redis, now: float) -> int:
-        """From the heartbeat thread: if the job in hand has run
-        ``GIVE_BACK_AFTER_S``, give back the jobs behind it; how many.
+    def on_late(self, client: redis.Redis, now: float) -> int:
+        """From the heartbeat thread, on ``client``: if the job in hand is
+        late, give back the jobs behind it and write the outcomes of those
+        done before it; how many were given back.
 
-        They are dropped here before Redis is asked: if the call fails,
+        The jobs are dropped here before Redis is asked: if the call fails,
         they stay pending on this worker, which reads its own pending
-        entries again within a second and runs them.
+        entries again before its next read and runs them.
         """
         with self._lock:
-            behind = self._jobs[self._next :]
-            if not behind or now - self._started_at < GIVE_BACK_AFTER_S:
+            if self._seen_late or now - self._started_at < GIVE_BACK_AFTER_S:
                 return 0
+            self._seen_late = True
+            behind = self._jobs[self._next :]
             del self._jobs[self._next :]
-            give_back(client, self.s, behind)
-            self.given_back += len(behind)
-            return len(behind)
+            if behind:
+                give_back(client, self.s, behind)
+                self.given_back += len(behind)
+        self.acks.flush(client=client)
+        return len(behind)
 
 
 def give_back(client: redis.Redis, settings: Settings, jobs: list[Job]) -> None:

@@ -84,7 +84,7 @@ class WorkerRuntime(StreamReads):
         self.last_work = time.monotonic()
         self.avg_job_s = 0.0
         self.heartbeat: Heartbeat | None = None
-        self.ahead = ReadAhead(settings)  # read, not started: given back when they wait
+        self.ahead = ReadAhead(settings, self.acks)  # read, not started: given back when they wait
         self.waiting = False  # in a blocking read for new entries
         self.check_own = True  # read our own pending entries before new ones
         self.own_checked_at = 0.0
