@@ -15,15 +15,15 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from orchestrator.pools.decisions import plan_grants
-from orchestrator.pools.records import Assigned, PoolRun, Worker, WorkerState
+from orchestrator.pools.records import Assigned, PoolRun, PoolWorker, WorkerState
 
 __all__ = ["assign", "dispatch", "requeue", "revoke_queued"]
 
-Lost = Callable[[Worker], None]
+Lost = Callable[[PoolWorker], None]
 
 
 def dispatch(
-    batch: PoolRun, live: Sequence[Worker], slots: int, max_depth: int, now: float, lost: Lost
+    batch: PoolRun, live: Sequence[PoolWorker], slots: int, max_depth: int, now: float, lost: Lost
 ) -> None:
     """Give out pending tasks as ``decisions.plan_grants`` says: a first
     task to idle workers while fewer than ``slots`` hold some, then every
@@ -40,7 +40,7 @@ def dispatch(
             assign(worker, batch, gets - has, now, lost)
 
 
-def assign(worker: Worker, batch: PoolRun, n: int, now: float, lost: Lost) -> None:
+def assign(worker: PoolWorker, batch: PoolRun, n: int, now: float, lost: Lost) -> None:
     """Send up to ``n`` pending tasks (and the batch context, once) to ``worker``."""
     items: list[Assigned] = []
     while batch.pending and len(items) < n:
@@ -67,7 +67,7 @@ def assign(worker: Worker, batch: PoolRun, n: int, now: float, lost: Lost) -> No
     worker.inflight.extend(items)
 
 
-def revoke_queued(worker: Worker, batch: PoolRun | None) -> None:
+def revoke_queued(worker: PoolWorker, batch: PoolRun | None) -> None:
     """A stalled worker's queued tasks go back to the queue, and it is
     told to drop them. Should it resume and start one before it reads
     that, the task runs twice; the first outcome counts."""
@@ -80,7 +80,7 @@ def revoke_queued(worker: Worker, batch: PoolRun | None) -> None:
         batch.pending.extendleft(reversed(followers))
 
 
-def requeue(worker: Worker, batch: PoolRun | None) -> None:
+def requeue(worker: PoolWorker, batch: PoolRun | None) -> None:
     """Everything ``worker`` held goes back to the front of the queue."""
     if batch is not None:
         batch.pending.extendleft(reversed(worker.inflight))

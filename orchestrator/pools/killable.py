@@ -31,7 +31,7 @@ from orchestrator.pools.pooltypes import (
     Task,
 )
 from orchestrator.pools.probes import probe_stall, rss_over
-from orchestrator.pools.records import Assigned, PoolRun, Worker, WorkerState
+from orchestrator.pools.records import Assigned, PoolRun, PoolWorker, WorkerState
 from orchestrator.procs import ExitStatus
 
 __all__ = ["MAX_START_FAILURES", "KillablePool"]
@@ -165,7 +165,7 @@ class KillablePool:
             select.select([self._wake_r, launcher.fileno()], [], [], pause)
             timeout = None if timeout is None else timeout - pause
         for key, _ in self._selector.select(timeout):
-            if isinstance(key.data, Worker):
+            if isinstance(key.data, PoolWorker):
                 self._on_readable(key.data)
             elif key.fd == self._wake_r:
                 with contextlib.suppress(BlockingIOError):
@@ -190,14 +190,14 @@ class KillablePool:
         for worker, status in exits:
             self._on_death(worker, status)
 
-    def _on_readable(self, worker: Worker, *, drain: bool = False) -> None:
+    def _on_readable(self, worker: PoolWorker, *, drain: bool = False) -> None:
         for message in worker.channel.receive_ready(drain=drain):
             self._on_message(worker, message)
         if worker.channel.eof and worker.state is not WorkerState.DYING:
             self._fleet.forget(worker)
             worker.state = WorkerState.EXITED
 
-    def _on_message(self, worker: Worker, message: tuple[Any, ...]) -> None:
+    def _on_message(self, worker: PoolWorker, message: tuple[Any, ...]) -> None:
         if message[0] == "ready":
             worker.state, worker.ready = WorkerState.READY, True
             self._start_failures = 0
@@ -215,7 +215,7 @@ class KillablePool:
             self._finish(item, kind, value if ok else None, None if ok else value, elapsed_s)
         self._task_s = elapsed_s if self._task_s is None else 0.8 * self._task_s + 0.2 * elapsed_s
 
-    def _answered(self, worker: Worker, seq: int, finished_s: float) -> Assigned | None:
+    def _answered(self, worker: PoolWorker, seq: int, finished_s: float) -> Assigned | None:
         """The task a result is for: the one the worker was running, or one
         taken back from it that it ran anyway (see ``revoke_queued``); None for a
         second run of a task whose outcome is already out."""
@@ -233,7 +233,7 @@ class KillablePool:
             return None
         raise PoolError(f"worker {worker.pid} answered task {seq}, which it does not hold")
 
-    def _on_death(self, worker: Worker, status: ExitStatus) -> None:
+    def _on_death(self, worker: PoolWorker, status: ExitStatus) -> None:
         if worker.state is not WorkerState.EXITED:
             self._on_readable(worker, drain=True)  # results it sent before dying come first
             self._fleet.forget(worker)
@@ -263,7 +263,7 @@ class KillablePool:
                 wake.extend(self._police_task(worker, now))
         return min(wake, default=None)
 
-    def _police_task(self, worker: Worker, now: float) -> list[float]:
+    def _police_task(self, worker: PoolWorker, now: float) -> list[float]:
         head = worker.inflight[0]
         timeout_s, limit_mb = head.task.timeout_s, head.task.memory_limit_mb
         wake = []
@@ -282,7 +282,7 @@ class KillablePool:
                 revoke_queued(worker, self._batch)
         return wake
 
-    def _police_memory(self, worker: Worker, limit_mb: float, now: float) -> bool:
+    def _police_memory(self, worker: PoolWorker, limit_mb: float, now: float) -> bool:
         """Sample the worker tree's RSS when due, or nearly (within a quarter
         period: samples then fall on the wake-ups results cause, rather than
         causing their own); kill it if over ``limit_mb``. False if killed."""
@@ -322,7 +322,7 @@ class KillablePool:
             depth = dispatch_depth(self._task_s, self.settings.prefetch)
             dispatch(batch, live, plan.slots, depth, time.monotonic(), self._fleet.forget)
 
-    def _kill(self, worker: Worker, kind: OutcomeKind, error: str) -> None:
+    def _kill(self, worker: PoolWorker, kind: OutcomeKind, error: str) -> None:
         """Fail the task it runs, requeue the rest, SIGKILL its tree."""
         if worker.inflight and worker.state is WorkerState.READY:
             culprit = worker.inflight.popleft()

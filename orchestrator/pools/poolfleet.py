@@ -20,7 +20,7 @@ import psutil
 
 from orchestrator.pools.forker import Launcher, LauncherLost
 from orchestrator.pools.pooltypes import POOL_TAG_VARIABLE, PoolError, PoolSettings
-from orchestrator.pools.records import Worker, WorkerState
+from orchestrator.pools.records import PoolWorker, WorkerState
 from orchestrator.pools.wire import Channel
 from orchestrator.procs import ExitStatus, kill_tagged, signal_tree, snapshot_tree
 
@@ -38,12 +38,12 @@ class Fleet:
         self.settings = settings
         self.selector = selector
         self.launcher: Launcher | None = None
-        self.workers: dict[int, Worker] = {}
+        self.workers: dict[int, PoolWorker] = {}
         self.restarts = 0
         self.tag = f"pool-{os.getpid()}-{next(_FLEETS)}/"  # see POOL_TAG_VARIABLE
         self.swept = True  # nothing tagged can be running: never started, or swept
 
-    def live(self) -> list[Worker]:
+    def live(self) -> list[PoolWorker]:
         return [w for w in self.workers.values() if w.live]
 
     def pids(self) -> list[int]:
@@ -63,12 +63,12 @@ class Fleet:
             pid, sock = self.launcher.spawn()
         except LauncherLost:
             return False
-        worker = Worker(pid, Channel(sock), psutil.Process(pid), time.monotonic())
+        worker = PoolWorker(pid, Channel(sock), psutil.Process(pid), time.monotonic())
         self.workers[pid] = worker
         self.selector.register(sock.fileno(), selectors.EVENT_READ, worker)
         return True
 
-    def exits(self) -> list[tuple[Worker, ExitStatus]] | None:
+    def exits(self) -> list[tuple[PoolWorker, ExitStatus]] | None:
         """Workers reaped since the last call (None: the launcher is gone),
         once what their tasks left running is killed. Workers we killed or
         retired are dropped silently."""
@@ -85,17 +85,17 @@ class Fleet:
                 exits.append((worker, ExitStatus.from_wait_status(status)))
         return exits
 
-    def worker_tag(self, worker: Worker) -> str:
+    def worker_tag(self, worker: PoolWorker) -> str:
         """What the worker's processes carry in ``POOL_TAG_VARIABLE``."""
         return f"{self.tag}w{worker.pid}"
 
-    def retire(self, worker: Worker) -> None:
+    def retire(self, worker: PoolWorker) -> None:
         with contextlib.suppress(OSError):
             worker.channel.send(("stop",))
         self.forget(worker)
         worker.state = WorkerState.DYING
 
-    def terminate(self, worker: Worker) -> None:
+    def terminate(self, worker: PoolWorker) -> None:
         """SIGKILL the worker's tree (snapshotted first, so children
         re-parented at its death are still found) and whatever carries its
         tag (a daemon of its task that left the tree); expect nothing more."""
@@ -104,7 +104,7 @@ class Fleet:
         self.forget(worker)
         worker.state = WorkerState.DYING
 
-    def forget(self, worker: Worker) -> None:
+    def forget(self, worker: PoolWorker) -> None:
         if worker.channel.sock.fileno() >= 0:
             self.selector.unregister(worker.channel.fileno())
             worker.channel.close()
@@ -112,7 +112,7 @@ class Fleet:
             worker.rss.close()
             worker.rss = None
 
-    def relaunch(self, wake_fd: int) -> list[Worker]:
+    def relaunch(self, wake_fd: int) -> list[PoolWorker]:
         """The launcher died: its workers cannot be reaped any more. Kill
         them, start a new launcher; return them (their tasks go back)."""
         self.restarts += 1

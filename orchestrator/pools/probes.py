@@ -11,7 +11,7 @@ import contextlib
 
 import psutil
 
-from orchestrator.pools.records import Worker
+from orchestrator.pools.records import PoolWorker
 from orchestrator.pools.treerss import TreeRss
 from orchestrator.procs import snapshot_tree
 
@@ -26,7 +26,7 @@ def _cpu_seconds(proc: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
-def probe_stall(worker: Worker, started_s: float, now: float, half_s: float) -> float:
+def probe_stall(worker: PoolWorker, started_s: float, now: float, half_s: float) -> float:
     """Sample the worker's CPU time every ``half_s`` once its task is that old;
     mark it stalled while it uses less than ``STALL_CPU_FRACTION`` of a core
     and is asleep (a worker waiting for a busy core is runnable, not
@@ -46,7 +46,7 @@ def probe_stall(worker: Worker, started_s: float, now: float, half_s: float) -> 
     return now + half_s
 
 
-def rss_over(worker: Worker, limit_mb: float) -> str | None:
+def rss_over(worker: PoolWorker, limit_mb: float) -> str | None:
     """The error for a worker tree over ``limit_mb``, else None."""
     try:
         rss_mb = _tree_rss_bytes(worker) / 2**20
@@ -57,7 +57,7 @@ def rss_over(worker: Worker, limit_mb: float) -> str | None:
     return f"memory limit exceeded: {rss_mb:.0f} MB > {limit_mb:g} MB cap"
 
 
-def _tree_rss_bytes(worker: Worker) -> int:
+def _tree_rss_bytes(worker: PoolWorker) -> int:
     """RSS of a worker and its descendants: through its ``TreeRss`` (files
     kept open, since this runs every ``sample_interval_s``), or on a kernel
     without ``/proc/PID/task/TID/children`` by psutil's scan of every process."""

@@ -1,6 +1,6 @@
 """What the parent knows of each worker and of the running batch.
 
-A ``Worker`` is a forked process as the parent sees it: its socket, its
+A ``PoolWorker`` is a forked process as the parent sees it: its socket, its
 state, the tasks it holds (``inflight``, the running one first) and what
 the stall probe last measured. A ``PoolRun`` is one ``run``: the tasks not yet
 given out (``pending``), the outcomes not yet yielded, and which tasks are
@@ -20,7 +20,7 @@ from orchestrator.pools.pooltypes import Outcome, OutcomeKind, Task
 from orchestrator.pools.treerss import TreeRss
 from orchestrator.pools.wire import Channel
 
-__all__ = ["Assigned", "PoolRun", "Worker", "WorkerState"]
+__all__ = ["Assigned", "PoolRun", "PoolWorker", "WorkerState"]
 
 
 class WorkerState(StrEnum):
@@ -40,7 +40,7 @@ class Assigned:
 
 
 @dataclass(slots=True, eq=False)
-class Worker:
+class PoolWorker:
     pid: int
     channel: Channel
     proc: psutil.Process
