@@ -222,6 +222,7 @@ class StreamWatch:
         self.conn_id: int | None = None
         self.armed: frozenset[str] | None = None
         self.seen: dict[str, str] = {}  # stream -> the newest id a fired XREAD returned
+        self.missed: set[str] = set()  # streams an XREAD cut short by arm() returned
 
     def arm(self, positions: Mapping[str, str]) -> None:
         wanted = frozenset(positions)
@@ -229,7 +230,7 @@ class StreamWatch:
             return
         if self.armed is not None:
             self.client.client_unblock(self.conn_id or 0)
-            self.collect()
+            self.missed.update(self.collect())  # returned as it was cut: said at the next fired()
         if not wanted:
             return
         conn = self._connection()
@@ -259,7 +260,10 @@ class StreamWatch:
         not); a Redis error drops the connection (the next arm reconnects)
         and rises."""
         try:
-            return self.collect() if self.ready() else []
+            names = self.collect() if self.ready() else []
+            names += sorted(self.missed - set(names))
+            self.missed.clear()
+            return names
         except Exception:
             self.reset()
             raise

@@ -151,6 +151,8 @@ class WorkerSpawner(SeedAPI):
         due = self.workforce.due(now, self.config.spawner.poll_interval_s)
         due += [t for state in self.queues.values() for t in state.due(now)]
         until = min(next_deadline(now, due), self.next_tick, self.next_status)
+        if self.watch.missed:  # a wake collected while re-arming: act on it now
+            until = now
         sleep_until(until, [wakeup.fileno(), self.watch.fileno()], self.stopping)
 
     def _handle_signals(self, received: list[int]) -> None:

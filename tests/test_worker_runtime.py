@@ -171,3 +171,22 @@ def test_slow_jobs_are_read_one_at_a_time_quick_ones_in_batches(
     finally:
         worker.kill()
     assert reads < 40  # quick jobs are read many at a time, not one per read
+
+
+def test_a_read_takes_thousands_of_parked_entries_oldest_first(r: TextRedis) -> None:
+    """first_read.lua claims parked entries in chunks (Lua's unpack() has a
+    limit near 8,000), then reads them back as the worker's own."""
+    from orchestrator.worker.streamreads import FIRST_READ
+
+    pipe = r.pipeline(transaction=False)
+    for i in range(9000):
+        pipe.xadd(STREAM, {"payload": json.dumps({"id": i})})
+    ids = pipe.execute()
+    r.xgroup_create(STREAM, GROUP, "0")
+    r.xreadgroup(GROUP, keys.PARKING_CONSUMER, {STREAM: ">"})  # all of them parked
+    args = [GROUP, CONSUMER, 10, 0, 9000, keys.PARKING_CONSUMER]
+    own, counts, fresh = r.eval(FIRST_READ, 1, STREAM, *args)
+    assert [entry[0] for entry in own] == ids[:10] and fresh == []
+    delivered = dict(counts)
+    assert {delivered[i] for i in ids[:10]} == {2}  # the parked delivery, then this read
+    assert len(pending_ids(r)) == 100 and parked(r) == {}  # 100: the helper's page

@@ -20,14 +20,14 @@ local function entries(reply)
 end
 
 local take = tonumber(ARGV[5]) or 0
-if take > 0 then
-  local rows = redis.call('XPENDING', stream, group, '-', '+', take, ARGV[6])
-  if #rows > 0 then
-    local claim = {'XCLAIM', stream, group, consumer, 0}
-    for _, row in ipairs(rows) do table.insert(claim, row[1]) end
-    table.insert(claim, 'JUSTID')
-    redis.call(unpack(claim))
-  end
+while take > 0 do  -- in chunks: unpack() has a limit
+  local rows = redis.call('XPENDING', stream, group, '-', '+', math.min(take, 200), ARGV[6])
+  if #rows == 0 then break end
+  local claim = {'XCLAIM', stream, group, consumer, 0}
+  for _, row in ipairs(rows) do table.insert(claim, row[1]) end
+  table.insert(claim, 'JUSTID')
+  redis.call(unpack(claim))
+  take = take - #rows
 end
 
 local own = entries(redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', ARGV[3],

@@ -29,6 +29,9 @@ from orchestrator.worker.reaction import Reaction
 from orchestrator.worker.workerenv import Settings
 
 FLUSH_AFTER_S = 0.2  # results wait at most this long for their batch's ack
+# A flush on another connection (the heartbeat's, with a 5 s read timeout)
+# waits at most this long for replicas.
+OTHER_WAIT_CAP_S = 3.0
 DONE_MARK_SLACK_S = 600.0  # orch:done:<consumer> outlives the deadline by this
 
 
@@ -58,9 +61,9 @@ class Acks:
 
     def ack(
         self, job: Job, result: dict[str, Any] | None, *, now: bool = False, at: float = 0.0
-    ) -> None:
-        """``job`` succeeded; flushed when ``now`` or the batch is old enough.
-        ``at``: the monotonic time, if the caller has it."""
+    ) -> bool:
+        """``job`` succeeded; flushed when ``now`` or the batch is old enough
+        (True: it was). ``at``: the monotonic time, if the caller has it."""
         at = at or time.monotonic()
         with self._lock:
             if not self.acks:
@@ -72,6 +75,7 @@ class Acks:
             due = now or at - self.first_at >= FLUSH_AFTER_S
         if due:
             self.flush()
+        return due
 
     def dead(self, job: Job, error: str) -> None:
         letter = dead_letter_fields(job.fields, error, job.attempts, job.id)
@@ -109,38 +113,44 @@ class Acks:
         with self._lock:
             if not self.acks and not clear_in_hand:
                 return
+            # Taken before the write: a write that fails leaves its entries
+            # pending (run again, uncounted, by whoever gets them), never sent
+            # twice by a later flush (its EXEC may have been applied).
+            acks, forwards, dead = self.acks, self.forwards, self.dead_letters
+            self.acks, self.forwards, self.dead_letters = [], [], []
             on = client or self.client
             pipe = on.pipeline(transaction=True)
             if clear_in_hand:
                 pipe.delete(keys.in_hand(self.s.consumer))
-            for result in self.forwards:
+            for result in forwards:
                 pipe.xadd(self.s.then or "", {codec.PAYLOAD: codec.encode_payload(result)})
-            for fields in self.dead_letters:
+            for fields in dead:
                 pipe.xadd(keys.dead_stream(self.s.stream), fields)  # type: ignore[arg-type]
-            if self.acks:
-                pipe.xack(self.s.stream, self.s.group, *self.acks)
+            if acks:
+                pipe.xack(self.s.stream, self.s.group, *acks)
                 if not self.reported:
                     mark_done(pipe, self.s)
             if self.reaction is not None and client is None:
                 self.reaction.queue_on(pipe)
             pipe.execute()
-            if self.acks:
+            if acks:
                 self.reported = True
-                self._wait_for_replicas(on)
-            self.acks, self.forwards, self.dead_letters = [], [], []
+                self._wait_for_replicas(on, cap_s=None if client is None else OTHER_WAIT_CAP_S)
 
-    def _wait_for_replicas(self, client: redis.Redis) -> None:
+    def _wait_for_replicas(self, client: redis.Redis, cap_s: float | None = None) -> None:
         """``redis.wait_replicas``: the acknowledgement (and the results it
         handed on) is on that many replicas before the next job starts, so a
         failover cannot forget it. Short of them at the timeout: logged once,
-        and the work goes on (Redis has it; only its copies are late)."""
+        and the work goes on (Redis has it; only its copies are late).
+        ``cap_s``: at most this long (another connection's read timeout)."""
         want = self.s.wait_replicas
         if not want:
             return
-        got = int(client.wait(want, int(self.s.wait_timeout_s * 1000)))
+        timeout_s = self.s.wait_timeout_s if cap_s is None else min(cap_s, self.s.wait_timeout_s)
+        got = int(client.wait(want, int(timeout_s * 1000)))
         if got < want and not self.short_of_replicas:
             logger.warning(
                 f"{self.s.worker_id}: acknowledgement on {got} of {want} replica(s) after "
-                f"{self.s.wait_timeout_s:g}s (redis.wait_replicas); carrying on"
+                f"{timeout_s:g}s (redis.wait_replicas); carrying on"
             )
         self.short_of_replicas = got < want

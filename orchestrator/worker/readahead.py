@@ -36,7 +36,7 @@ from orchestrator.worker.workerenv import Settings
 # ``batch_size`` at a time. (A batch handler starts all it reads at once.)
 PREFETCH_WINDOW_S = 0.02
 # Entries behind a job that has run this long are given back; the heartbeat
-# thread looks every ``CHECK_INTERVAL_S`` while the worker holds some.
+# thread of a ``run_worker`` worker looks every ``CHECK_INTERVAL_S``.
 GIVE_BACK_AFTER_S = 0.05
 CHECK_INTERVAL_S = 0.025
 

@@ -109,9 +109,11 @@ class WorkerRuntime(StreamReads):
             return self._loop()
         except Interrupted as exc:
             logger.info(f"{self.s.worker_id}: stopped mid-job ({exc}); the job goes back")
+            self._flush_done()
             return EX_OK
         except Unavailable as exc:
             logger.warning(f"{self.s.worker_id}: dependency unavailable: {exc}; exiting")
+            self._flush_done()
             return EX_TEMPFAIL
         except REDIS_DOWN as exc:
             logger.error(f"{self.s.worker_id}: Redis unavailable: {exc}; exiting")
@@ -143,6 +145,12 @@ class WorkerRuntime(StreamReads):
             f"{self.acks.processed} done, {self.failed} failed{given}"
         )
         return EX_OK
+
+    def _flush_done(self) -> None:
+        """Leaving after a job gave up: the jobs done before it are written
+        (else they would run again), if Redis answers."""
+        with contextlib.suppress(redis.RedisError):
+            self.acks.flush()
 
     def _deadline_near(self) -> bool:
         margin = max(0.5, 1.5 * self.avg_job_s)
@@ -227,7 +235,8 @@ class WorkerRuntime(StreamReads):
             self._handler_raised(exc, [job])
             return time.monotonic()
         ended = time.monotonic()
-        self.acks.ack(job, result, now=self.stopping, at=ended)
+        if self.acks.ack(job, result, now=self.stopping, at=ended):
+            ended = time.monotonic()  # the flush's round trip is not the next job's time
         return ended
 
     def _handler_raised(self, exc: Exception, jobs: list[Job]) -> None:
