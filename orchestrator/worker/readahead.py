@@ -85,10 +85,10 @@ class ReadAhead:
         limit's token, is not a job running long)."""
         self._started_at = math.inf
 
-    def on_late(self, client: redis.Redis, now: float) -> int:
+    def on_late(self, client: redis.Redis, now: float) -> None:
         """From the heartbeat thread, on ``client``: if the job in hand is
         late, give back the jobs behind it and write the outcomes of those
-        done before it; how many were given back.
+        done before it.
 
         The jobs are dropped here before Redis is asked: if the call fails,
         they stay pending on this worker, which reads its own pending
@@ -96,7 +96,7 @@ class ReadAhead:
         """
         with self._lock:
             if self._seen_late or now - self._started_at < GIVE_BACK_AFTER_S:
-                return 0
+                return
             self._seen_late = True
             behind = self._jobs[self._next :]
             del self._jobs[self._next :]
@@ -104,7 +104,6 @@ class ReadAhead:
                 give_back(client, self.s, behind)
                 self.given_back += len(behind)
         self.acks.flush(client=client)
-        return len(behind)
 
 
 def give_back(client: redis.Redis, settings: Settings, jobs: list[Job]) -> None:

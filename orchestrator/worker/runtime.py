@@ -153,8 +153,7 @@ class WorkerRuntime(StreamReads):
             self.acks.flush()
 
     def _deadline_near(self) -> bool:
-        margin = max(0.5, 1.5 * self.avg_job_s)
-        return time.time() + margin >= self.s.deadline
+        return self.work_left_s() <= 0.0
 
     def _process(self, jobs: list[Job]) -> None:
         ready = self._triage(jobs)
@@ -252,9 +251,8 @@ class WorkerRuntime(StreamReads):
         self._failed(jobs, exc)
 
     def _stop_taking_work_at(self) -> float:
-        """The monotonic time past which no job starts (``_deadline_near``)."""
-        margin = max(0.5, 1.5 * self.avg_job_s)
-        return time.monotonic() + self.s.deadline - time.time() - margin
+        """The monotonic time past which no job starts (``work_left_s``)."""
+        return time.monotonic() + self.work_left_s()
 
     def _token(self) -> bool:
         """A token of the queue's rate limit, where it has one (a wait)."""

@@ -117,7 +117,7 @@ class StreamReads:
             return []
         block_s = min(
             s.idle_timeout_s - (time.monotonic() - self.last_work),
-            s.deadline - time.time() - max(0.5, 1.5 * self.avg_job_s),
+            self.work_left_s(),
             BLOCK_MAX_S,  # entries handed to us while we were not yet blocked
         )
         if block_s <= 0:
@@ -126,6 +126,11 @@ class StreamReads:
         jobs = [Job(i, f, 1) for i, f in entries_of(reply)]
         self.check_own = not jobs  # timed out or woken: maybe we were handed work
         return jobs
+
+    def work_left_s(self) -> float:
+        """Seconds until the worker stops taking work: its deadline, less a
+        margin for the job it would start (its recent time per job)."""
+        return self.s.deadline - time.time() - max(0.5, 1.5 * self.avg_job_s)
 
     def read_size(self) -> int:
         """How many new entries to read. A batch handler starts its whole
